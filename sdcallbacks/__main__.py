@@ -1,0 +1,5 @@
+import sys
+
+from sdcallbacks.cli import main
+
+sys.exit(main())

@@ -1,0 +1,80 @@
+"""Read a config file (YAML, JSON or TOML by extension) into a validated :class:`RunConfig`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from sdcallbacks.config.schema import RunConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A config problem located by file and key path. The CLI exits with code 2 on it."""
+
+    def __init__(self, path: Path | str | None, problems: list[str]):
+        self.path = Path(path) if path is not None else None
+        self.problems = problems
+        where = str(self.path) if self.path is not None else "<config>"
+        super().__init__(f"{where}: invalid configuration\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(path, ["file not found"])
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        elif suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            raise ConfigError(path, [f"unknown extension {suffix!r}: expected .yaml, .yml, .json or .toml"])
+    except (yaml.YAMLError, json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(path, [f"cannot parse: {err}"]) from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, [f"top level must be a mapping, got {type(data).__name__}"])
+    return data
+
+
+def format_validation_error(err: ValidationError) -> list[str]:
+    """One line per problem: dotted key path, pydantic's message and the offending input."""
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        got = item.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{key}: {item['msg']}{shown}")
+    return lines
+
+
+def validate_config(data: dict[str, Any], path: Path | None = None) -> RunConfig:
+    """Validate ``data``; relative paths in it resolve against the config file's folder."""
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(path, format_validation_error(err)) from None
+    if path is not None:
+        base = path.resolve().parent
+        config.prompt_files = [p if p.is_absolute() else base / p for p in config.prompt_files]
+    return config
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Load and validate a config file; raises :class:`ConfigError` naming the file and keys."""
+    path = Path(path)
+    return validate_config(_read_mapping(path), path)

@@ -1,0 +1,100 @@
+"""Local outputs, written whatever trackers are on.
+
+Per validation: ``<output_dir>/samples/step_<step>[_<variant>]/`` with ``grid.png`` and one PNG per image.
+``<output_dir>/metrics.jsonl``: one ``{"type": "image", ...}`` record per image and one
+``{"type": "aggregate", ...}`` record per validation, each appended and flushed (and fsynced) at once, so
+a crash loses nothing already scored. Only the main process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from sdcallbacks.aggregation.records import ImageRecord
+from sdcallbacks.outputs.grid import make_grid
+from sdcallbacks.prompts.library import ImageJob
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; None reads back as "not scored"
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+class OutputWriter:
+    def __init__(self, output_dir: Path):
+        self.output_dir = Path(output_dir)
+        self.samples_dir = self.output_dir / "samples"
+        self.metrics_path = self.output_dir / "metrics.jsonl"
+
+    def folder_for(self, step: int, variant: str) -> Path:
+        suffix = "" if variant == "model" else f"_{variant}"
+        folder = self.samples_dir / f"step_{step:07d}{suffix}"
+        # Prompt names are sanitised; this guards the invariant anyway.
+        if self.samples_dir.resolve() not in folder.resolve().parents:
+            raise ValueError(f"refusing to write outside {self.samples_dir}: {folder}")
+        return folder
+
+    def write_images(
+        self, step: int, variant: str, jobs: list[ImageJob], images: list[Image.Image]
+    ) -> list[Path]:
+        folder = self.folder_for(step, variant)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for job, image in zip(jobs, images):
+            path = folder / f"{job.file_stem}.png"
+            if folder.resolve() != path.resolve().parent:
+                raise ValueError(f"image name {job.file_stem!r} escapes {folder}")
+            image.save(path)
+            paths.append(path)
+        return paths
+
+    def write_grid(self, step: int, variant: str, jobs: list[ImageJob], images: list[Image.Image]) -> Path:
+        prompts: dict[int, tuple[str, list[Image.Image], list[str]]] = {}
+        for job, image in zip(jobs, images):
+            entry = prompts.setdefault(job.prompt.index, (f"{job.prompt.name}: {job.prompt.prompt}", [], []))
+            entry[1].append(image)
+            entry[2].append(f"seed {job.seed}")
+        rows = list(prompts.values())
+        grid = make_grid([r[1] for r in rows], [r[0] for r in rows], [r[2] for r in rows])
+        path = self.folder_for(step, variant) / "grid.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(path)
+        return path
+
+    def _append(self, record: dict[str, Any]) -> None:
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.metrics_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(_json_safe(record), sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def append_image_record(self, record: ImageRecord) -> None:
+        self._append(record.to_json())
+
+    def append_aggregate(self, step: int, variant: str, values: dict[str, float], **extra: Any) -> None:
+        self._append({"type": "aggregate", "step": step, "variant": variant, "values": values, **extra})
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All records of a ``metrics.jsonl``; a torn last line (crash mid-write) is ignored."""
+    records = []
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}:{number}: not a JSON record") from None
+    return records

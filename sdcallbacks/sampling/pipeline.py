@@ -1,0 +1,90 @@
+"""A diffusers pipeline assembled from the live training modules.
+
+No reload from disk and no ``.to(dtype)`` of shared modules (casting the trainable UNet to fp16 breaks the
+next optimizer step with "Attempting to unscale FP16 gradients"); the scheduler is a fresh instance made
+from the training scheduler's config, because ``set_timesteps`` mutates the scheduler it is called on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "pndm": "PNDMScheduler",
+}
+
+
+@dataclass
+class TrainingModules:
+    """The modules a run trains or uses, registered once with ``on_train_start``."""
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: Any
+    noise_scheduler: Any
+    text_encoder_2: torch.nn.Module | None = None
+    tokenizer_2: Any = None
+    ema_unet: Any = None  # diffusers.training_utils.EMAModel of the UNet's parameters
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    def torch_modules(self) -> list[torch.nn.Module]:
+        return [m for m in (self.unet, self.vae, self.text_encoder, self.text_encoder_2) if m is not None]
+
+
+def unwrap(module: Any) -> Any:
+    """Strip DDP/accelerate wrappers (``.module``) and ``torch.compile`` (``._orig_mod``)."""
+    while True:
+        if hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        elif isinstance(module, torch.nn.parallel.DistributedDataParallel) or (
+            type(module).__name__ in ("DistributedDataParallel", "DataParallel") and hasattr(module, "module")
+        ):
+            module = module.module
+        else:
+            return module
+
+
+def fresh_scheduler(name: str, training_scheduler: Any) -> Any:
+    """A new scheduler of the configured kind, built from the training scheduler's config."""
+    import diffusers
+
+    cls = type(training_scheduler) if name == "training" else getattr(diffusers, SCHEDULERS[name])
+    return cls.from_config(training_scheduler.config)
+
+
+def build_pipeline(modules: TrainingModules, scheduler_name: str) -> Any:
+    """SD 1.x/2.x or SDXL pipeline over the live modules (SDXL when a second text encoder is given)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    scheduler = fresh_scheduler(scheduler_name, modules.noise_scheduler)
+    common = {
+        "vae": unwrap(modules.vae),
+        "text_encoder": unwrap(modules.text_encoder),
+        "tokenizer": modules.tokenizer,
+        "unet": unwrap(modules.unet),
+        "scheduler": scheduler,
+    }
+    if modules.is_sdxl:
+        pipe = StableDiffusionXLPipeline(
+            text_encoder_2=unwrap(modules.text_encoder_2),
+            tokenizer_2=modules.tokenizer_2,
+            add_watermarker=False,
+            **common,
+        )
+    else:
+        pipe = StableDiffusionPipeline(
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False, **common
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

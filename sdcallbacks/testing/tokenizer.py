@@ -1,0 +1,96 @@
+"""The real CLIP BPE tokenizer, built offline from the vocabulary that ships inside open_clip.
+
+The CLIP vocabulary is deterministic: 256 byte-level symbols, the same with ``</w>``, one entry per
+merge (the first 49152 - 256 - 2 merge lines after the header) and the two special tokens, 49,408 in all.
+Written as ``vocab.json`` + ``merges.txt`` it gives the same ids as ``open_clip.get_tokenizer``, so tests
+see SD's true 77-token behaviour without a hub download.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from functools import lru_cache
+from pathlib import Path
+
+CLIP_VOCAB_SIZE = 49408
+
+
+@lru_cache(maxsize=1)
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2/CLIP byte-to-printable-unicode table.
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def _bpe_file() -> Path:
+    import open_clip.tokenizer as oc_tokenizer
+
+    return Path(oc_tokenizer.default_bpe())
+
+
+def write_clip_tokenizer_files(folder: Path) -> Path:
+    """Write ``vocab.json``, ``merges.txt`` and the tokenizer configs of CLIP into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with gzip.open(_bpe_file(), "rt", encoding="utf-8") as fh:
+        merges = fh.read().split("\n")[1 : 49152 - 256 - 2 + 1]
+    symbols = list(_bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    assert len(vocab) == CLIP_VOCAB_SIZE, len(vocab)
+    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    special = {
+        "content": "<|endoftext|>",
+        "lstrip": False,
+        "normalized": True,
+        "rstrip": False,
+        "single_word": False,
+    }
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps(
+            {
+                "bos_token": {**special, "content": "<|startoftext|>"},
+                "eos_token": special,
+                "pad_token": special,
+                "unk_token": special,
+            }
+        ),
+        encoding="utf-8",
+    )
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "CLIPTokenizer",
+                "model_max_length": 77,
+                "do_lower_case": True,
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+            }
+        ),
+        encoding="utf-8",
+    )
+    return folder
+
+
+def build_clip_tokenizer(folder: Path):
+    """A ``transformers.CLIPTokenizer`` over the files written by :func:`write_clip_tokenizer_files`."""
+    from transformers import CLIPTokenizer
+
+    if not (folder / "vocab.json").is_file():
+        write_clip_tokenizer_files(folder)
+    # transformers v5 ignores vocab_file=/merges_file= keywords: pass them positionally.
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)

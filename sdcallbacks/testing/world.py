@@ -1,0 +1,200 @@
+"""The offline tiny world: everything tests and the demo need, built locally in published formats.
+
+Layout of ``<cache>/tiny-world-v<WORLD_VERSION>/``:
+
+* ``pipeline/``: a Stable Diffusion pipeline folder (``StableDiffusionPipeline.from_pretrained`` loads it)
+  with the real CLIP BPE tokenizer, a tiny VAE and a tiny UNet pretrained on synthetic shapes;
+* ``tagger/``: WD14-format ``model.onnx`` + ``selected_tags.csv`` that read colours;
+* ``clip/``: an open_clip ``local-dir`` model; ``laion_head.pth``: a LAION aesthetic head;
+* ``facenet/20180402-114759-vggface2.pt``: InceptionResnetV1 weights in facenet-pytorch's layout;
+* ``concept/``: training images of the concept the demo's LoRA learns, with ``metadata.jsonl`` captions.
+
+The world is built once and cached; bump :data:`WORLD_VERSION` whenever the builder changes, and the
+next run builds a fresh world beside the old one. Builds go to a temporary folder that is renamed into
+place, so an interrupted build leaves nothing half-written and concurrent builders do not collide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+WORLD_VERSION = 1
+CACHE_ENV = "SDCALLBACKS_CACHE"
+Progress = Callable[[str], None]
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "sdcallbacks"
+
+
+def _print_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class TinyWorld:
+    root: Path
+
+    @property
+    def pipeline_dir(self) -> Path:
+        return self.root / "pipeline"
+
+    @property
+    def tagger_dir(self) -> Path:
+        return self.root / "tagger"
+
+    @property
+    def clip_dir(self) -> Path:
+        return self.root / "clip"
+
+    @property
+    def laion_head_path(self) -> Path:
+        return self.root / "laion_head.pth"
+
+    @property
+    def facenet_weights_path(self) -> Path:
+        return self.root / "facenet" / "20180402-114759-vggface2.pt"
+
+    @property
+    def concept_dir(self) -> Path:
+        return self.root / "concept"
+
+    def concept_samples(self) -> list[tuple[Path, str]]:
+        """(image path, caption) pairs of the concept training set."""
+        lines = (self.concept_dir / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
+        return [(self.concept_dir / r["file_name"], r["text"]) for r in map(json.loads, lines)]
+
+
+@dataclass(frozen=True)
+class WorldRecipe:
+    """How much pretraining the base model gets; the defaults draw the base colours reliably."""
+
+    vae_steps: int = 300
+    unet_steps: int = 1200
+    batch_size: int = 16
+    seed: int = 0
+
+
+def _build(root: Path, recipe: WorldRecipe, progress: Progress) -> None:
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from sdcallbacks.testing import pretrain
+    from sdcallbacks.testing.evaluators import write_facenet_weights, write_laion_head, write_tiny_open_clip
+    from sdcallbacks.testing.shapes import BACKGROUND_COLOURS, CONCEPT_COLOUR, make_samples
+    from sdcallbacks.testing.tagger import write_tagger
+    from sdcallbacks.testing.tokenizer import build_clip_tokenizer
+
+    threads = torch.get_num_threads()
+    started = time.monotonic()
+    try:
+        progress("[1/5] tokenizer and evaluator files")
+        tokenizer = build_clip_tokenizer(root / "tokenizer_src")
+        write_tagger(root / "tagger")
+        write_tiny_open_clip(root / "clip", seed=recipe.seed)
+        write_laion_head(root / "laion_head.pth", seed=recipe.seed)
+        write_facenet_weights(root / "facenet" / "20180402-114759-vggface2.pt", seed=recipe.seed)
+
+        progress(f"[2/5] pretraining the tiny VAE ({recipe.vae_steps} steps)")
+        torch.manual_seed(recipe.seed)
+        vae = pretrain.tiny_vae()
+        scaling = pretrain.train_vae(vae, recipe.vae_steps, recipe.batch_size, recipe.seed, progress)
+        vae.register_to_config(scaling_factor=scaling)
+
+        progress(f"[3/5] pretraining the tiny text-conditioned UNet ({recipe.unet_steps} steps)")
+        text_encoder = pretrain.tiny_text_encoder(len(tokenizer))
+        unet = pretrain.tiny_unet()
+        scheduler = pretrain.noise_scheduler()
+        pretrain.train_unet(
+            unet,
+            text_encoder,
+            tokenizer,
+            vae,
+            scheduler,
+            recipe.unet_steps,
+            recipe.batch_size,
+            recipe.seed,
+            progress,
+        )
+
+        progress("[4/5] writing the pipeline folder")
+        # Training uses the DDPM scheduler saved here; validation builds DDIM from its config.
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.save_pretrained(root / "pipeline", safe_serialization=True)
+        assert isinstance(DDIMScheduler.from_config(scheduler.config), DDIMScheduler)
+        shutil.rmtree(root / "tokenizer_src")
+
+        progress("[5/5] concept images")
+        concept = root / "concept"
+        concept.mkdir()
+        with (concept / "metadata.jsonl").open("w", encoding="utf-8") as fh:
+            samples = make_samples(
+                (CONCEPT_COLOUR,), tuple(BACKGROUND_COLOURS), 16, pretrain.IMAGE_SIZE, seed=99
+            )
+            for i, sample in enumerate(samples):
+                name = f"{i:03d}.png"
+                sample.image.save(concept / name)
+                fh.write(json.dumps({"file_name": name, "text": sample.caption}) + "\n")
+    finally:
+        torch.set_num_threads(threads)
+    (root / "READY.json").write_text(
+        json.dumps(
+            {
+                "version": WORLD_VERSION,
+                "recipe": recipe.__dict__,
+                "build_seconds": round(time.monotonic() - started, 1),
+            }
+        ),
+        encoding="utf-8",
+    )
+
+
+def build_tiny_world(
+    cache_dir: Path | str | None = None, recipe: WorldRecipe | None = None, progress: Progress | None = None
+) -> TinyWorld:
+    """Return the cached tiny world, building it first if needed (minutes on 2 CPU cores)."""
+    recipe = recipe or WorldRecipe()
+    progress = progress or _print_progress
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    suffix = ""
+    if recipe != WorldRecipe():
+        suffix = "-" + hashlib.sha256(json.dumps(recipe.__dict__, sort_keys=True).encode()).hexdigest()[:10]
+    root = cache / f"tiny-world-v{WORLD_VERSION}{suffix}"
+    if (root / "READY.json").is_file():
+        return TinyWorld(root)
+    cache.mkdir(parents=True, exist_ok=True)
+    progress(f"sdcallbacks: building the tiny world in {root} (once; a few minutes on 2 CPU cores)")
+    staging = cache / f".building-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        _build(staging, recipe, progress)
+        try:
+            os.replace(staging, root)
+        except OSError:
+            if not (root / "READY.json").is_file():  # a concurrent builder won the race otherwise
+                shutil.rmtree(root, ignore_errors=True)
+                os.replace(staging, root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    progress(f"sdcallbacks: tiny world ready at {root}")
+    return TinyWorld(root)
