@@ -56,7 +56,7 @@ def demo_config(world: TinyWorld, output_dir: Path, validate_every: int) -> RunC
         seed=1234,
         prompts=[
             PromptEntry(name="yellow_on_white", prompt="yellow square, white background"),
-            PromptEntry(name="yellow_on_black", prompt="yellow square, black background"),
+            PromptEntry(name="yellow", prompt="yellow square"),
         ],
         defaults=PromptDefaults(num_images=4, width=32, height=32, steps=20, guidance_scale=4.0),
         sampling=SamplingConfig(scheduler="ddim", batch_size=8, baseline=True),
@@ -88,7 +88,7 @@ def run_demo(
     output_dir: Path | str = "sdcallbacks_demo",
     max_steps: int = 300,
     validate_every: int = 50,
-    learning_rate: float = 2e-3,
+    learning_rate: float = 3e-3,
     batch_size: int = 8,
     cache_dir: Path | str | None = None,
     report_to: str | None = "wandb",

@@ -14,12 +14,16 @@ class WeightsNotFoundError(FileNotFoundError):
     def __init__(self, filename: str, source: str, reason: str):
         self.filename = filename
         self.source = source
-        super().__init__(
+        self.message = (
             f"cannot find {filename!r} for {source!r}: {reason}.\n"
             f"  Looked in: the local path {source!r}, then the Hugging Face hub cache (repo {source!r}).\n"
             f"  Fix: download it once with `huggingface-cli download {source} {filename}` on a machine with "
             f"network access, or point the config at a local folder or file that holds {filename!r}."
         )
+        super().__init__(self.message)
+
+    def __str__(self) -> str:  # OSError would format its constructor arguments as errno/strerror
+        return self.message
 
 
 def resolve_file(source: str | Path, filename: str) -> Path:

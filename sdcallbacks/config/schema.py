@@ -28,7 +28,8 @@ class PromptDefaults(_Strict):
 
 
 class PromptEntry(_Strict):
-    """One validation prompt. ``seeds`` pins the seeds; otherwise ``num_images`` seeds are derived."""
+    """One validation prompt. ``seeds`` pins the seeds (one seed with ``num_images`` > 1 counts up from it);
+    otherwise ``num_images`` seeds are derived from the run seed."""
 
     name: str | None = None
     prompt: str
@@ -49,7 +50,8 @@ class PromptEntry(_Strict):
 
     @model_validator(mode="after")
     def _seeds_xor_num_images(self) -> PromptEntry:
-        if self.seeds is not None and self.num_images is not None and len(self.seeds) != self.num_images:
+        # One seed with several images counts upwards from it (kohya's --d); a longer list must match.
+        if self.seeds and self.num_images is not None and 1 < len(self.seeds) != self.num_images:
             raise ValueError(f"seeds has {len(self.seeds)} entries but num_images is {self.num_images}")
         return self
 

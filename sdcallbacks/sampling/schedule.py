@@ -35,8 +35,9 @@ class ValidationSchedule:
         self._last_time = self._clock()
 
     def _crossed(self, interval: float, step: int) -> bool:
-        assert self.last_step is not None
-        return math.floor(step / interval + 1e-9) > math.floor(self.last_step / interval + 1e-9)
+        # Intervals that ended before start_step are not owed: count from just before it.
+        reference = max(self.last_step, self.config.start_step - 1)
+        return math.floor(step / interval + 1e-9) > math.floor(reference / interval + 1e-9)
 
     def is_due(self, global_step: int) -> bool:
         """Whether ``global_step`` (just finished) should be validated. Cheap: called every step."""

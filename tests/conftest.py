@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny random-weight SD pipeline with the real CLIP tokenizer (seconds to build),
+and the pretrained tiny world (minutes, cached) for the tests that need a model that can draw."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer(tmp_path_factory):
+    from sdcallbacks.testing.tokenizer import build_clip_tokenizer
+
+    return build_clip_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture
+def tiny_modules(clip_tokenizer):
+    """Random-weight tiny UNet/VAE/text encoder (the world's architectures) with a LoRA on the UNet."""
+    from peft import LoraConfig
+
+    from sdcallbacks.sampling.pipeline import TrainingModules
+    from sdcallbacks.testing import pretrain
+
+    torch.manual_seed(0)
+    unet = pretrain.tiny_unet()
+    unet.add_adapter(
+        LoraConfig(
+            r=4,
+            lora_alpha=4,
+            lora_dropout=0.5,
+            init_lora_weights="gaussian",
+            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+        )
+    )
+    return TrainingModules(
+        unet=unet,
+        vae=pretrain.tiny_vae(),
+        text_encoder=pretrain.tiny_text_encoder(len(clip_tokenizer)),
+        tokenizer=clip_tokenizer,
+        noise_scheduler=pretrain.noise_scheduler(),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_world():
+    from sdcallbacks.testing.world import build_tiny_world
+
+    return build_tiny_world()

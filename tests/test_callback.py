@@ -1,0 +1,188 @@
+"""The callback end to end on random-weight tiny modules: files, records, failures, resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import ClassVar
+
+import pytest
+import torch
+
+from sdcallbacks import ValidationCallback
+from sdcallbacks.metrics.base import Metric
+from sdcallbacks.outputs import read_metrics
+from sdcallbacks.testing.tagger import write_tagger
+
+
+@pytest.fixture(scope="module")
+def tagger_dir(tmp_path_factory):
+    return write_tagger(tmp_path_factory.mktemp("tagger"))
+
+
+def config(tmp_path, tagger_dir, **overrides):
+    data = {
+        "output_dir": str(tmp_path / "out"),
+        "prompts": [
+            {"name": "red", "prompt": "red square, white background", "seeds": [1, 2]},
+            {"name": "../evil/name", "prompt": "blue square"},
+        ],
+        "defaults": {"num_images": 2, "width": 32, "height": 32, "steps": 2, "guidance_scale": 2.0},
+        "schedule": {"every_n_steps": 2},
+        "metrics": {"tag_accuracy": {"model": str(tagger_dir)}},
+        "monitor": "val/tag_accuracy/mean",
+    }
+    data.update(overrides)
+    return data
+
+
+def start(cb, modules):
+    return cb.on_train_start(
+        unet=modules.unet,
+        vae=modules.vae,
+        text_encoder=modules.text_encoder,
+        tokenizer=modules.tokenizer,
+        noise_scheduler=modules.noise_scheduler,
+    )
+
+
+def test_validation_writes_grid_images_and_flushed_records(tmp_path, tagger_dir, tiny_modules):
+    cb = ValidationCallback.from_config(config(tmp_path, tagger_dir))
+    control = start(cb, tiny_modules)  # baseline with LoRA off
+    assert control.should_validate and not control.should_stop
+    assert not cb.on_step_end(1).should_validate
+    assert cb.on_step_end(2).should_validate
+    cb.on_train_end(3)  # final step validated once
+    cb.on_train_end(3)
+
+    out = tmp_path / "out"
+    records = read_metrics(out / "metrics.jsonl")
+    images = [r for r in records if r["type"] == "image"]
+    aggregates = [r for r in records if r["type"] == "aggregate"]
+    assert [a["step"] for a in aggregates] == [0, 2, 3]
+    assert aggregates[0]["variant"] == "base" and aggregates[0]["baseline"]
+    assert len(images) == 3 * 4
+    first = images[0]
+    assert {"step", "prompt_name", "seed", "scores", "image_path"} <= set(first)
+    assert set(first["scores"]) == {
+        "tag_accuracy",
+        "tag_accuracy/precision",
+        "tag_accuracy/f1",
+        "tag_accuracy/oov_rate",
+    }
+    assert (out / "samples" / "step_0000000_base" / "grid.png").is_file()
+    assert (out / "samples" / "step_0000002" / "red_s1.png").is_file()
+    # The hostile prompt name stays inside the samples folder.
+    for record in images:
+        path = (out / "samples").resolve()
+        assert path in (tmp_path / record["image_path"]).resolve().parents
+    values = aggregates[1]["values"]
+    assert "val/tag_accuracy/delta" in values and "val/tag_accuracy/prompt/red" in values
+    assert values["val/tag_accuracy/n"] + values["val/tag_accuracy/skipped"] == 4
+    assert cb.best_step in (2, 3) and cb.best_model_path is not None
+    assert (tmp_path / "out" / "checkpoints").is_dir()
+
+
+class ExplodingMetric(Metric):
+    name = "explodes"
+    higher_is_better = True
+    config_class = type(None)
+
+    def __init__(self):
+        self.device = "cpu"
+        self._loaded = True
+
+    def load(self):
+        pass
+
+    def compute(self, images, jobs):
+        raise RuntimeError("boom")
+
+
+def test_failing_metric_is_logged_and_training_continues(tmp_path, tagger_dir, tiny_modules, caplog):
+    cb = ValidationCallback.from_config(config(tmp_path, tagger_dir, monitor=None))
+    cb.metrics.append(ExplodingMetric())
+    with caplog.at_level(logging.ERROR, logger="sdcallbacks"):
+        start(cb, tiny_modules)
+        cb.on_step_end(2)
+    assert "metric 'explodes' failed" in caplog.text and "RuntimeError: boom" in caplog.text
+    records = read_metrics(tmp_path / "out" / "metrics.jsonl")
+    scored = [r for r in records if r["type"] == "image"]
+    assert all(r["scores"]["explodes"] is None for r in scored)
+    assert all(r["scores"]["tag_accuracy"] is not None for r in scored if r["prompt_name"] == "red")
+
+
+def test_failing_validation_keeps_training_alive_and_earlier_records(
+    tmp_path, tagger_dir, tiny_modules, caplog
+):
+    cb = ValidationCallback.from_config(config(tmp_path, tagger_dir))
+    start(cb, tiny_modules)
+    before = (tmp_path / "out" / "metrics.jsonl").read_text()
+    cb.sampler.sample = lambda *a, **k: (_ for _ in ()).throw(OSError("disk on fire"))
+    with caplog.at_level(logging.ERROR, logger="sdcallbacks"):
+        control = cb.on_step_end(2)
+    assert not control.should_stop and cb.failed_validations == 1
+    assert "validation at step 2 failed" in caplog.text
+    assert (tmp_path / "out" / "metrics.jsonl").read_text() == before
+    assert not cb.on_step_end(2).should_validate  # never twice for the same step
+
+    strict = ValidationCallback.from_config(config(tmp_path, tagger_dir, on_error="raise"))
+    start(strict, tiny_modules)
+    strict.sampler.sample = lambda *a, **k: (_ for _ in ()).throw(OSError("disk on fire"))
+    with pytest.raises(OSError, match="disk on fire"):
+        strict.on_step_end(2)
+
+
+def test_missing_monitor_lists_available_keys(tmp_path, tagger_dir, tiny_modules, caplog):
+    cb = ValidationCallback.from_config(config(tmp_path, tagger_dir, monitor="val/nope", on_error="raise"))
+    start(cb, tiny_modules)
+    with pytest.raises(KeyError, match=r"available keys:.*val/tag_accuracy/mean"):
+        cb.on_step_end(2)
+
+
+def test_state_dict_round_trip_resumes_bookkeeping(tmp_path, tagger_dir, tiny_modules):
+    cfg = config(tmp_path, tagger_dir, early_stopping={"patience": 5})
+    cb = ValidationCallback.from_config(cfg)
+    start(cb, tiny_modules)
+    cb.on_step_end(2)
+    state = json.loads(json.dumps(cb.state_dict()))  # JSON-able, as accelerate's save_state needs picklable
+    resumed = ValidationCallback.from_config(cfg)
+    resumed.load_state_dict(state)
+    control = resumed.on_train_start(
+        unet=tiny_modules.unet,
+        vae=tiny_modules.vae,
+        text_encoder=tiny_modules.text_encoder,
+        tokenizer=tiny_modules.tokenizer,
+        noise_scheduler=tiny_modules.noise_scheduler,
+        global_step=2,
+    )
+    assert not control.should_validate  # the baseline is not redone
+    assert not resumed.on_step_end(2).should_validate  # nor the resume step
+    assert resumed.best_step == cb.best_step and resumed.best_score == cb.best_score
+    assert resumed.early_stopping.state_dict() == cb.early_stopping.state_dict()
+    assert resumed.on_step_end(4).should_validate
+
+
+def test_torn_last_line_is_ignored_but_corruption_elsewhere_is_reported(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"type": "image", "step": 1}\n{"type": "agg', encoding="utf-8")
+    assert read_metrics(path) == [{"type": "image", "step": 1}]
+    path.write_text('{"type": "image"\n{"type": "image"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:1"):
+        read_metrics(path)
+
+
+def test_no_validation_when_gradients_are_accumulating(tmp_path, tagger_dir, tiny_modules):
+    class Accumulating:
+        sync_gradients = False
+        is_main_process = True
+        device = torch.device("cpu")
+        mixed_precision = "no"
+        trackers: ClassVar[list] = []
+        process_index, num_processes = 0, 1
+
+    cb = ValidationCallback.from_config(
+        config(tmp_path, tagger_dir, sampling={"baseline": False}), accelerator=Accumulating()
+    )
+    start(cb, tiny_modules)
+    assert not cb.on_step_end(2).should_validate

@@ -1,0 +1,33 @@
+"""End to end: the demo's LoRA learns its concept and the callback sees it (builds the tiny world once)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sdcallbacks.outputs import read_metrics
+
+
+@pytest.mark.slow
+def test_demo_metric_rises_and_outputs_exist(tmp_path, tiny_world):
+    from sdcallbacks.demo import run_demo
+
+    result = run_demo(output_dir=tmp_path / "demo", max_steps=300, validate_every=50)
+    assert math.isfinite(result.baseline_score) and math.isfinite(result.best_score)
+    assert result.gain >= 0.3, (result.baseline_score, result.best_score)
+    assert result.best_step > 0
+
+    records = read_metrics(result.metrics_path)
+    steps = [r["step"] for r in records if r["type"] == "aggregate"]
+    assert steps == [0, 50, 100, 150, 200, 250, 300]
+    assert (result.samples_dir / "step_0000000_base" / "grid.png").is_file()
+
+    # The kept LoRA loads into the base pipeline in diffusers format.
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_world.pipeline_dir)
+    pipe.load_lora_weights(result.best_model_path)
+
+    # W&B wrote an offline run.
+    assert result.wandb_dir is not None and list(result.wandb_dir.glob("run-*.wandb"))
