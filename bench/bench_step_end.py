@@ -10,22 +10,11 @@ import platform
 import statistics
 import tempfile
 import time
-from typing import ClassVar
 
 import torch
 
 from sdcallbacks import ValidationCallback
-
-
-class Accelerator:
-    """The attributes the callback reads on a step, as a real accelerate.Accelerator has them."""
-
-    sync_gradients = True
-    is_main_process = True
-    device = torch.device("cpu")
-    mixed_precision = "no"
-    trackers: ClassVar[list] = []
-    process_index, num_processes = 0, 1
+from sdcallbacks.testing.accelerator import AcceleratorStub
 
 
 class Floor:
@@ -52,7 +41,7 @@ def main() -> None:
                 "schedule": {"every_n_steps": 10_000_000, "every_n_minutes": 10_000},
                 "sampling": {"baseline": False},
             },
-            accelerator=Accelerator(),
+            accelerator=AcceleratorStub(sync_gradients=True),
         )
         module = torch.nn.Linear(1, 1)
         callback.on_train_start(

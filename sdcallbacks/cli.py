@@ -78,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train a LoRA on the tiny offline world with the callback active")
     demo.add_argument("--output-dir", type=Path, default=Path("sdcallbacks_demo"))
-    demo.add_argument("--steps", type=int, default=300)
-    demo.add_argument("--validate-every", type=int, default=50)
+    demo.add_argument("--steps", type=int, default=600)
+    demo.add_argument("--validate-every", type=int, default=100)
     demo.add_argument(
         "--cache-dir", type=Path, default=None, help="tiny world cache (default ~/.cache/sdcallbacks)"
     )

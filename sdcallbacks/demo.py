@@ -86,8 +86,8 @@ def _load_concept(world: TinyWorld, tokenizer) -> tuple[torch.Tensor, torch.Tens
 
 def run_demo(
     output_dir: Path | str = "sdcallbacks_demo",
-    max_steps: int = 300,
-    validate_every: int = 50,
+    max_steps: int = 600,
+    validate_every: int = 100,
     learning_rate: float = 3e-3,
     batch_size: int = 8,
     cache_dir: Path | str | None = None,

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import ClassVar
 
 import pytest
-import torch
 
 from sdcallbacks import ValidationCallback
 from sdcallbacks.metrics.base import Metric
 from sdcallbacks.outputs import read_metrics
+from sdcallbacks.testing.accelerator import AcceleratorStub
 from sdcallbacks.testing.tagger import write_tagger
 
 
@@ -173,16 +172,9 @@ def test_torn_last_line_is_ignored_but_corruption_elsewhere_is_reported(tmp_path
 
 
 def test_no_validation_when_gradients_are_accumulating(tmp_path, tagger_dir, tiny_modules):
-    class Accumulating:
-        sync_gradients = False
-        is_main_process = True
-        device = torch.device("cpu")
-        mixed_precision = "no"
-        trackers: ClassVar[list] = []
-        process_index, num_processes = 0, 1
-
     cb = ValidationCallback.from_config(
-        config(tmp_path, tagger_dir, sampling={"baseline": False}), accelerator=Accumulating()
+        config(tmp_path, tagger_dir, sampling={"baseline": False}),
+        accelerator=AcceleratorStub(sync_gradients=False),
     )
     start(cb, tiny_modules)
     assert not cb.on_step_end(2).should_validate

@@ -90,13 +90,25 @@ def _report(progress: Progress, what: str, step: int, total: int, loss: float, s
     progress(f"  {what}: step {step}/{total}  loss {loss:.4f}  ({time.monotonic() - start:.0f}s)")
 
 
+def random_colour_fields(count: int, seed: int) -> torch.Tensor:
+    """Blocky fields of random colours in [-1, 1]: every colour at every place."""
+    generator = torch.Generator().manual_seed(seed)
+    blocks = torch.rand(count, 3, 4, 4, generator=generator) * 2 - 1
+    return F.interpolate(blocks, size=IMAGE_SIZE, mode="nearest")
+
+
 def train_vae(vae, steps: int, batch_size: int, seed: int, progress: Progress) -> float:
-    """Reconstruction training; returns the latent scaling factor (1 / std of the latents)."""
+    """Reconstruction training; returns the latent scaling factor (1 / std of the latents).
+
+    Random colour fields join the shapes so that colour is encoded the same way everywhere: trained on
+    squares alone, the latents of a colour only decoded right in a square-on-background layout, and the
+    blurred predictions of early denoising steps decoded to the wrong colour.
+    """
     torch.manual_seed(seed)
     samples = make_samples(
         (*BASE_COLOURS, "yellow", "purple"), tuple(BACKGROUND_COLOURS), 512, IMAGE_SIZE, seed
     )
-    data = to_tensor([s.image for s in samples])
+    data = torch.cat([to_tensor([s.image for s in samples]), random_colour_fields(512, seed)])
     optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     vae.train()
     start = time.monotonic()
@@ -104,7 +116,8 @@ def train_vae(vae, steps: int, batch_size: int, seed: int, progress: Progress) -
         batch = data[torch.randint(0, len(data), (batch_size,))]
         posterior = vae.encode(batch).latent_dist
         recon = vae.decode(posterior.sample()).sample
-        loss = F.mse_loss(recon, batch) + 1e-6 * posterior.kl().mean()
+        kl_per_element = posterior.kl().mean() / posterior.mean[0].numel()
+        loss = F.mse_loss(recon, batch) + 1e-4 * kl_per_element
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -112,7 +125,7 @@ def train_vae(vae, steps: int, batch_size: int, seed: int, progress: Progress) -
             _report(progress, "vae", step, steps, loss.item(), start)
     vae.eval()
     with torch.no_grad():
-        latents = vae.encode(data[:256]).latent_dist.mean
+        latents = vae.encode(data[:512]).latent_dist.mean
     return float(1.0 / latents.std())
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 CACHE_ENV = "SDCALLBACKS_CACHE"
 Progress = Callable[[str], None]
 
@@ -80,7 +80,7 @@ class TinyWorld:
 class WorldRecipe:
     """How much pretraining the base model gets (about 6 minutes on 2 CPU cores by default)."""
 
-    vae_steps: int = 300
+    vae_steps: int = 400
     unet_steps: int = 600
     batch_size: int = 16
     seed: int = 0
