@@ -266,10 +266,10 @@ class ValidationCallback:
         timings: dict[str, float],
         baseline: bool,
     ) -> bool:
-        jobs = sorted(self.jobs, key=lambda j: j.key)
+        jobs = self.jobs  # prompt-major, the order gathered records are sorted into
         label = "base" if baseline else variant
         paths = self.writer.write_images(step, label, jobs, images)
-        grid_path = self.writer.write_grid(step, label, jobs, images)
+        grid = self.writer.write_grid(step, label, jobs, images)
         for record, path in zip(records, paths):
             record.image_path = str(path)
             self.writer.append_image_record(record)
@@ -281,7 +281,7 @@ class ValidationCallback:
         values.update({f"{prefix}/time/{k}": v for k, v in timings.items()})
         self.writer.append_aggregate(step, label, values, baseline=baseline)
         self.trackers.log_scalars(values, step)
-        self.trackers.log_images({f"{prefix}/grid": Image.open(grid_path)}, step)
+        self.trackers.log_images({f"{prefix}/grid": grid}, step)
         self.history.append({"step": float(step), **values})
         if baseline or variant != self._variants(False)[0]:
             return False

@@ -57,7 +57,10 @@ class OutputWriter:
             paths.append(path)
         return paths
 
-    def write_grid(self, step: int, variant: str, jobs: list[ImageJob], images: list[Image.Image]) -> Path:
+    def write_grid(
+        self, step: int, variant: str, jobs: list[ImageJob], images: list[Image.Image]
+    ) -> Image.Image:
+        """Save ``grid.png`` for this validation and return the grid."""
         prompts: dict[int, tuple[str, list[Image.Image], list[str]]] = {}
         for job, image in zip(jobs, images):
             entry = prompts.setdefault(job.prompt.index, (f"{job.prompt.name}: {job.prompt.prompt}", [], []))
@@ -68,7 +71,7 @@ class OutputWriter:
         path = self.folder_for(step, variant) / "grid.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         grid.save(path)
-        return path
+        return grid
 
     def _append(self, record: dict[str, Any]) -> None:
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)

@@ -108,7 +108,8 @@ def train_vae(vae, steps: int, batch_size: int, seed: int, progress: Progress) -
     samples = make_samples(
         (*BASE_COLOURS, "yellow", "purple"), tuple(BACKGROUND_COLOURS), 512, IMAGE_SIZE, seed
     )
-    data = torch.cat([to_tensor([s.image for s in samples]), random_colour_fields(512, seed)])
+    shapes = to_tensor([s.image for s in samples])
+    data = torch.cat([shapes, random_colour_fields(512, seed)])
     optimizer = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     vae.train()
     start = time.monotonic()
@@ -125,7 +126,7 @@ def train_vae(vae, steps: int, batch_size: int, seed: int, progress: Progress) -
             _report(progress, "vae", step, steps, loss.item(), start)
     vae.eval()
     with torch.no_grad():
-        latents = vae.encode(data[:512]).latent_dist.mean
+        latents = vae.encode(shapes).latent_dist.mean
     return float(1.0 / latents.std())
 
 
