@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from sdcallbacks.aggregation.records import ImageRecord, aggregate
+from sdcallbacks.aggregation.records import ImageRecord, aggregate, set_values
 from sdcallbacks.config.loading import load_config, validate_config
 from sdcallbacks.config.schema import RunConfig
-from sdcallbacks.metrics import Metric, build_metrics
+from sdcallbacks.metrics import BackbonePool, ImageBatch, KeySpec, Metric, SetMetric, build_metrics
 from sdcallbacks.outputs.writer import OutputWriter
 from sdcallbacks.prompts.library import ImageJob, expand_jobs, load_prompts
 from sdcallbacks.sampling.pipeline import TrainingModules
@@ -42,8 +42,16 @@ from sdcallbacks.sampling.schedule import ValidationSchedule
 from sdcallbacks.selection.checkpoint import BestCheckpoint
 from sdcallbacks.selection.early_stopping import EarlyStopping
 from sdcallbacks.trackers.accelerate_trackers import TrackerLogger
+from sdcallbacks.weights import default_cache_dir
 
 logger = logging.getLogger("sdcallbacks")
+
+
+def feature_cache_dir(config: RunConfig) -> Path | None:
+    """Where reference embeddings are cached on disk, or None when caching is off."""
+    if not config.metrics.cache_references:
+        return None
+    return config.metrics.cache_dir or default_cache_dir() / "features"
 
 
 @dataclass(frozen=True)
@@ -67,8 +75,13 @@ class ValidationCallback:
         self.schedule = ValidationSchedule(config.schedule)
         device = config.metrics.device or (str(accelerator.device) if accelerator is not None else "cpu")
         self.metrics = (
-            metrics if metrics is not None else build_metrics(config.metrics.enabled(), device=device)
+            metrics
+            if metrics is not None
+            else build_metrics(
+                config.metrics.enabled(), device=device, pool=BackbonePool(feature_cache_dir(config))
+            )
         )
+        self.key_specs: dict[str, KeySpec] = {k: v for m in self.metrics for k, v in m.key_specs().items()}
         self.writer = OutputWriter(config.output_dir)
         self.trackers = TrackerLogger(accelerator)
         self.checkpoint = (
@@ -95,6 +108,7 @@ class ValidationCallback:
         self.modules: TrainingModules | None = None
         self.sampler: ValidationSampler | None = None
         self.baseline: dict[str, list[ImageRecord]] = {}
+        self.baseline_sets: dict[str, dict[str, float | None]] = {}
         self.history: list[dict[str, float]] = []
         self.failed_validations = 0
 
@@ -201,28 +215,41 @@ class ValidationCallback:
     def _validate(self, step: int, baseline: bool) -> bool:
         rank, world = self._world
         local_jobs = self.jobs[rank::world]  # strided split: no padding duplicates
+        # Metrics whose score depends on other images (diversity, KID) run once on all gathered images.
+        per_rank = [m for m in self.metrics if not m.needs_all_images]
+        on_all = [m for m in self.metrics if m.needs_all_images]
         stop = False
         for variant in self._variants(baseline):
             started = time.perf_counter()
             images = self.sampler.sample(local_jobs, variant=variant)
             sampled = time.perf_counter()
-            records = self._score(step, variant, local_jobs, images)
-            timings = {"sampling_s": sampled - started, "scoring_s": time.perf_counter() - sampled}
+            batch = ImageBatch.of(images, local_jobs)
+            records = self._records(step, variant, local_jobs)
+            self._score(per_rank, batch, records, step)
             records, images = self._gather(records, images)
             if self.is_main_process:
-                stop = self._report(step, variant, records, images, timings, baseline) or stop
+                full = batch if world == 1 else ImageBatch.of(images, self.jobs)
+                sets = self._score(on_all, full, records, step)
+                timings = {"sampling_s": sampled - started, "scoring_s": time.perf_counter() - sampled}
+                stop = self._report(step, variant, records, sets, images, timings, baseline) or stop
         return self._broadcast(stop)
 
-    def _score(
-        self, step: int, variant: str, jobs: list[ImageJob], images: list[Image.Image]
-    ) -> list[ImageRecord]:
-        records = [
+    @staticmethod
+    def _records(step: int, variant: str, jobs: list[ImageJob]) -> list[ImageRecord]:
+        return [
             ImageRecord(step, variant, j.prompt.name, j.prompt.index, j.image_index, j.seed, j.prompt.prompt)
             for j in jobs
         ]
-        for metric in self.metrics:
+
+    def _score(
+        self, metrics: list[Metric], batch: ImageBatch, records: list[ImageRecord], step: int
+    ) -> dict[str, float | None]:
+        """Per-image scores go into ``records``; set-level values are returned. A failing metric loses only
+        its own scores."""
+        sets: dict[str, float | None] = {}
+        for metric in metrics:
             try:
-                scores = metric.score(images, jobs)
+                scores = metric.score(batch)
             except Exception:
                 if self.config.on_error == "raise":
                     raise
@@ -232,11 +259,17 @@ class ValidationCallback:
                     step,
                     traceback.format_exc(),
                 )
-                scores = {key: [None] * len(jobs) for key in metric.output_keys()}
+                scores = {
+                    key: None if isinstance(metric, SetMetric) else [None] * len(batch)
+                    for key in metric.output_keys()
+                }
+            if isinstance(metric, SetMetric):
+                sets.update(scores)
+                continue
             for key, values in scores.items():
                 for record, value in zip(records, values):
                     record.scores[key] = value
-        return records
+        return sets
 
     def _gather(self, records: list[ImageRecord], images: list[Image.Image]):
         _, world = self._world
@@ -262,6 +295,7 @@ class ValidationCallback:
         step: int,
         variant: str,
         records: list[ImageRecord],
+        sets: dict[str, float | None],
         images: list[Image.Image],
         timings: dict[str, float],
         baseline: bool,
@@ -275,9 +309,13 @@ class ValidationCallback:
             self.writer.append_image_record(record)
         if baseline:
             self.baseline[variant] = records
+            self.baseline_sets[variant] = sets
         prefix = "val" if variant in ("model", "base") else f"val/{variant}"
-        reference = self.baseline.get("base") or self.baseline.get("model")
-        values = aggregate(records, None if baseline else reference, prefix=prefix)
+        reference_variant = "base" if "base" in self.baseline else "model"
+        reference = None if baseline else self.baseline.get(reference_variant)
+        reference_sets = None if baseline else self.baseline_sets.get(reference_variant)
+        values = aggregate(records, reference, prefix=prefix, specs=self.key_specs)
+        values.update(set_values(sets, reference_sets, prefix=prefix))
         values.update({f"{prefix}/time/{k}": v for k, v in timings.items()})
         self.writer.append_aggregate(step, label, values, baseline=baseline)
         self.trackers.log_scalars(values, step)
@@ -327,6 +365,7 @@ class ValidationCallback:
         return {
             "schedule": self.schedule.state_dict(),
             "baseline": {k: [r.__dict__ for r in v] for k, v in self.baseline.items()},
+            "baseline_sets": self.baseline_sets,
             "checkpoint": self.checkpoint.state_dict() if self.checkpoint else None,
             "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
             "failed_validations": self.failed_validations,
@@ -335,6 +374,7 @@ class ValidationCallback:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.schedule.load_state_dict(state["schedule"])
         self.baseline = {k: [ImageRecord(**r) for r in v] for k, v in state["baseline"].items()}
+        self.baseline_sets = state.get("baseline_sets", {})
         if self.checkpoint and state["checkpoint"]:
             self.checkpoint.load_state_dict(state["checkpoint"])
         if self.early_stopping and state["early_stopping"]:

@@ -8,7 +8,8 @@ import logging
 import pytest
 
 from sdcallbacks import ValidationCallback
-from sdcallbacks.metrics.base import Metric
+from sdcallbacks.config import MetricConfig
+from sdcallbacks.metrics.base import ImageMetric
 from sdcallbacks.outputs import read_metrics
 from sdcallbacks.testing.accelerator import AcceleratorStub
 from sdcallbacks.testing.tagger import write_tagger
@@ -82,19 +83,15 @@ def test_validation_writes_grid_images_and_flushed_records(tmp_path, tagger_dir,
     assert (tmp_path / "out" / "checkpoints").is_dir()
 
 
-class ExplodingMetric(Metric):
+class ExplodingMetric(ImageMetric):
     name = "explodes"
     higher_is_better = True
-    config_class = type(None)
-
-    def __init__(self):
-        self.device = "cpu"
-        self._loaded = True
+    config_class = MetricConfig
 
     def load(self):
         pass
 
-    def compute(self, images, jobs):
+    def compute(self, batch):
         raise RuntimeError("boom")
 
 

@@ -6,7 +6,8 @@ from PIL import Image
 
 from sdcallbacks.config import PromptDefaults, PromptEntry, TagAccuracyConfig
 from sdcallbacks.metrics import METRICS, build_metrics
-from sdcallbacks.metrics.tagging import TagAccuracy, WD14Tagger, preprocess_wd14, prompt_tags
+from sdcallbacks.metrics.backbones.wd14 import WD14Tagger, preprocess_wd14
+from sdcallbacks.metrics.tagging import TagAccuracy, prompt_tags
 from sdcallbacks.prompts import expand_jobs, resolve_prompts
 from sdcallbacks.testing.shapes import draw_square
 from sdcallbacks.testing.tagger import write_tagger
@@ -112,23 +113,23 @@ def test_tagger_rejects_a_csv_that_does_not_match(tagger_dir, tmp_path):
     shutil.copy(tagger_dir / "model.onnx", tmp_path / "model.onnx")
     (tmp_path / "selected_tags.csv").write_text("tag_id,name,category,count\n1,a,0,1\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"selected_tags\.csv lists 1 tags"):
-        WD14Tagger(str(tmp_path))
+        WD14Tagger(str(tmp_path)).load()
     (tmp_path / "selected_tags.csv").write_text("tag_id,name,category,count\n1,a,zero,1\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"selected_tags.csv:2: category must be an integer"):
-        WD14Tagger(str(tmp_path))
+        WD14Tagger(str(tmp_path)).load()
 
 
 def test_missing_weights_give_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
     with pytest.raises(WeightsNotFoundError) as info:
-        WD14Tagger("SmilingWolf/wd-v1-4-moat-tagger-v2")
+        WD14Tagger("SmilingWolf/wd-v1-4-moat-tagger-v2").load()
     message = str(info.value)
     assert (
         "model.onnx" in message and "SmilingWolf/wd-v1-4-moat-tagger-v2" in message and "download" in message
     )
     with pytest.raises(WeightsNotFoundError, match=r"has no model\.onnx"):
-        WD14Tagger(str(tmp_path))
+        WD14Tagger(str(tmp_path)).load()
 
 
 def test_registry_builds_enabled_metrics_lazily(tagger_dir):

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
+from sdcallbacks.config.metrics import MetricsConfig
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -79,29 +81,6 @@ class ScheduleConfig(_Strict):
         if self.every_n_steps is None and self.every_n_epochs is None and self.every_n_minutes is None:
             raise ValueError("set at least one of every_n_steps, every_n_epochs, every_n_minutes")
         return self
-
-
-class TagAccuracyConfig(_Strict):
-    """WD14 tagger; ``model`` is a hub repo id or a local folder holding model.onnx + selected_tags.csv."""
-
-    model: str = "SmilingWolf/wd-v1-4-moat-tagger-v2"
-    threshold: float = Field(0.35, gt=0.0, lt=1.0)
-    character_threshold: float = Field(0.85, gt=0.0, lt=1.0)
-    batch_size: PositiveInt = 16
-
-
-class MetricsConfig(_Strict):
-    """Enabled metrics: a metric runs when its section is present (``{}`` takes every default)."""
-
-    tag_accuracy: TagAccuracyConfig | None = None
-    device: str | None = Field(None, description="Device for evaluators; default: the accelerator's.")
-
-    def enabled(self) -> dict[str, BaseModel]:
-        return {
-            name: value
-            for name in type(self).model_fields
-            if name != "device" and (value := getattr(self, name)) is not None
-        }
 
 
 class CheckpointConfig(_Strict):

@@ -1,36 +1,93 @@
 """The protocol every metric follows.
 
-A metric scores images one by one. :meth:`Metric.score` returns, per output key, one value per image,
-or ``None`` where the metric does not apply to that image (no face found, no in-vocabulary tag); those
-are counted as skipped and never averaged in. The main key is the metric's ``name``; extra keys are
-``<name>/<part>`` (e.g. ``tag_accuracy/precision``). Models load lazily on first use, so a metric can
-be built from a config long before it runs, and used on its own, outside training.
+A metric turns a batch of images (each drawn for an :class:`ImageJob`) into scores:
+
+* an :class:`ImageMetric` returns, per output key, one value per image, or ``None`` where the metric does
+  not apply to that image (no face found, no in-vocabulary tag); those are counted as skipped and never
+  averaged in. The aggregation (:mod:`sdcallbacks.aggregation`) turns them into mean, std, n, a bootstrap
+  interval, per-prompt means, ``good_rate`` and the paired delta against the baseline;
+* a :class:`SetMetric` compares the whole set of images with a reference distribution (KID, CMMD, FID)
+  and returns one value per output key.
+
+The main key is the metric's ``name``; extra keys are ``<name>/<part>`` (e.g. ``tag_accuracy/precision``).
+Models load lazily on first use, so a metric can be built from a config long before it runs, and used on
+its own, outside training. Backbones that several metrics use (CLIP) come from a shared
+:class:`~sdcallbacks.metrics.backbones.BackbonePool` and run once per image per validation through
+the batch's :class:`~sdcallbacks.metrics.backbones.FeatureCache`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 from PIL import Image
-from pydantic import BaseModel
 
+from sdcallbacks.config.metrics import MetricConfig
+from sdcallbacks.metrics.backbones import BackbonePool, FeatureCache
 from sdcallbacks.prompts.library import ImageJob
 
 Scores = dict[str, list[float | None]]
 
 
+@dataclass(frozen=True)
+class KeySpec:
+    """How one output key is read: its direction, an optional ``good_rate`` threshold (share of images at or
+    beyond it, in the key's direction) and an optional floor applied to the mean (torchmetrics clamps the
+    CLIP score's mean at 0)."""
+
+    higher_is_better: bool
+    good_threshold: float | None = None
+    mean_floor: float | None = None
+
+
+@dataclass
+class ImageBatch:
+    """Images to score, the jobs they were drawn for, and the features computed for them so far."""
+
+    images: Sequence[Image.Image]
+    jobs: Sequence[ImageJob]
+    features: FeatureCache
+
+    @classmethod
+    def of(cls, images: Sequence[Image.Image], jobs: Sequence[ImageJob]) -> ImageBatch:
+        if len(images) != len(jobs):
+            raise ValueError(f"{len(images)} images for {len(jobs)} prompts")
+        return cls(list(images), list(jobs), FeatureCache(list(images)))
+
+    @property
+    def prompts(self) -> list[str]:
+        return [job.prompt.prompt for job in self.jobs]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def prompt_groups(self) -> list[list[int]]:
+        """Positions of the images of each prompt (the seeds of one prompt), in first-seen order."""
+        groups: dict[int, list[int]] = {}
+        for position, job in enumerate(self.jobs):
+            groups.setdefault(job.prompt.index, []).append(position)
+        return list(groups.values())
+
+
 class Metric(ABC):
     name: ClassVar[str]
     higher_is_better: ClassVar[bool]
-    config_class: ClassVar[type[BaseModel]]
+    config_class: ClassVar[type[MetricConfig]]
     # Output keys other than ``name`` and whether higher is better for each.
     extra_keys: ClassVar[dict[str, bool]] = {}
+    # True when one image's score depends on other images of the same validation (diversity, KID): such
+    # metrics run once on the gathered images of all processes instead of on each process's share.
+    needs_all_images: ClassVar[bool] = False
 
-    def __init__(self, config: BaseModel | None = None, device: str = "cpu"):
+    def __init__(
+        self, config: MetricConfig | None = None, device: str = "cpu", pool: BackbonePool | None = None
+    ):
         self.config = config if config is not None else self.config_class()
         self.device = device
+        self.pool = pool if pool is not None else BackbonePool()
         self._loaded = False
 
     def output_keys(self) -> dict[str, bool]:
@@ -40,6 +97,11 @@ class Metric(ABC):
             **{f"{self.name}/{k}": v for k, v in self.extra_keys.items()},
         }
 
+    def key_specs(self) -> dict[str, KeySpec]:
+        specs = {key: KeySpec(higher) for key, higher in self.output_keys().items()}
+        specs[self.name] = KeySpec(self.higher_is_better, good_threshold=self.config.good_threshold)
+        return specs
+
     def ensure_loaded(self) -> None:
         if not self._loaded:
             self.load()
@@ -47,20 +109,54 @@ class Metric(ABC):
 
     @abstractmethod
     def load(self) -> None:
-        """Load models and reference data (called once, on first use)."""
+        """Load models and embed reference data (called once, on first use)."""
+
+    def _batch(
+        self, images: Sequence[Image.Image] | ImageBatch, jobs: Sequence[ImageJob] | None
+    ) -> ImageBatch:
+        if isinstance(images, ImageBatch):
+            return images
+        if jobs is None:
+            raise TypeError(f"{self.name}: pass the jobs the images were drawn for")
+        return ImageBatch.of(images, jobs)
+
+
+class ImageMetric(Metric):
+    """A metric with one score per image."""
 
     @abstractmethod
-    def compute(self, images: Sequence[Image.Image], jobs: Sequence[ImageJob]) -> Scores:
-        """Per-image scores for every key of :meth:`output_keys`; ``images[i]`` was drawn for ``jobs[i]``."""
+    def compute(self, batch: ImageBatch) -> Scores:
+        """Per-image scores for every key of :meth:`output_keys`."""
 
-    def score(self, images: Sequence[Image.Image], jobs: Sequence[ImageJob]) -> Scores:
-        if len(images) != len(jobs):
-            raise ValueError(f"{self.name}: {len(images)} images for {len(jobs)} prompts")
+    def score(
+        self, images: Sequence[Image.Image] | ImageBatch, jobs: Sequence[ImageJob] | None = None
+    ) -> Scores:
+        batch = self._batch(images, jobs)
         self.ensure_loaded()
-        scores = self.compute(images, jobs)
+        scores = self.compute(batch) if len(batch) else {key: [] for key in self.output_keys()}
         for key, values in scores.items():
-            if len(values) != len(images):
+            if len(values) != len(batch):
                 raise RuntimeError(
-                    f"{self.name}: key {key!r} has {len(values)} values for {len(images)} images"
+                    f"{self.name}: key {key!r} has {len(values)} values for {len(batch)} images"
                 )
         return scores
+
+
+class SetMetric(Metric):
+    """A metric with one value for the whole set of images (a distribution distance)."""
+
+    needs_all_images = True
+
+    def key_specs(self) -> dict[str, KeySpec]:
+        return {key: KeySpec(higher) for key, higher in self.output_keys().items()}
+
+    @abstractmethod
+    def compute(self, batch: ImageBatch) -> dict[str, float]:
+        """One value per key of :meth:`output_keys`."""
+
+    def score(
+        self, images: Sequence[Image.Image] | ImageBatch, jobs: Sequence[ImageJob] | None = None
+    ) -> dict[str, float]:
+        batch = self._batch(images, jobs)
+        self.ensure_loaded()
+        return self.compute(batch)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import TYPE_CHECKING
 
-from sdcallbacks.metrics.base import Metric
+from sdcallbacks.config.metrics import MetricConfig
+from sdcallbacks.metrics.backbones import BackbonePool
+
+if TYPE_CHECKING:
+    from sdcallbacks.metrics.base import Metric
 
 METRICS: dict[str, type[Metric]] = {}
 
@@ -18,9 +22,13 @@ def register_metric(cls: type[Metric]) -> type[Metric]:
     return cls
 
 
-def build_metrics(enabled: dict[str, BaseModel], device: str = "cpu") -> list[Metric]:
-    """Instances for the enabled config sections, in config order (nothing loads yet)."""
+def build_metrics(
+    enabled: dict[str, MetricConfig], device: str = "cpu", pool: BackbonePool | None = None
+) -> list[Metric]:
+    """Instances for the enabled config sections, in config order, sharing one backbone pool (nothing
+    loads yet)."""
     unknown = sorted(set(enabled) - set(METRICS))
     if unknown:
         raise KeyError(f"unknown metric(s) {unknown}; known: {sorted(METRICS)}")
-    return [METRICS[name](config, device=device) for name, config in enabled.items()]
+    pool = pool if pool is not None else BackbonePool()
+    return [METRICS[name](config, device=device, pool=pool) for name, config in enabled.items()]

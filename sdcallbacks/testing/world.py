@@ -27,15 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdcallbacks.weights import default_cache_dir
+
 WORLD_VERSION = 3
-CACHE_ENV = "SDCALLBACKS_CACHE"
 Progress = Callable[[str], None]
-
-
-def default_cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "sdcallbacks"
 
 
 def _print_progress(message: str) -> None:

@@ -15,21 +15,19 @@ Character tags use ``character_threshold``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import ClassVar
 
-from PIL import Image
+import numpy as np
 
-from sdcallbacks.config.schema import TagAccuracyConfig
-from sdcallbacks.metrics.base import Metric, Scores
+from sdcallbacks.config.metrics import TagAccuracyConfig
+from sdcallbacks.metrics.backbones.wd14 import CHARACTER, GENERAL, WD14Tagger
+from sdcallbacks.metrics.base import ImageBatch, ImageMetric, Scores
 from sdcallbacks.metrics.registry import register_metric
 from sdcallbacks.metrics.tagging.tags import prompt_tags
-from sdcallbacks.metrics.tagging.wd14 import CHARACTER, GENERAL, WD14Tagger
-from sdcallbacks.prompts.library import ImageJob
 
 
 @register_metric
-class TagAccuracy(Metric):
+class TagAccuracy(ImageMetric):
     name = "tag_accuracy"
     higher_is_better = True
     config_class = TagAccuracyConfig
@@ -37,28 +35,23 @@ class TagAccuracy(Metric):
     config: TagAccuracyConfig
 
     def load(self) -> None:
-        self.tagger = WD14Tagger(self.config.model, device=self.device, batch_size=self.config.batch_size)
+        self.tagger = self.pool.get(WD14Tagger(self.config.model, self.device, self.config.batch_size))
+        self.tagger.ensure_loaded()  # the vocabulary is read with the model
 
-    def predicted_tags(self, probabilities) -> list[set[str]]:
+    def predicted_tags(self, probabilities: np.ndarray) -> list[set[str]]:
+        """Per image, the general and character tags above their threshold (strict ``>``)."""
         vocab = self.tagger.vocabulary
-        out = []
-        for row in probabilities:
-            tags = set()
-            for name, column in vocab.index.items():
-                category = vocab.categories[column]
-                threshold = (
-                    self.config.character_threshold if category == CHARACTER else self.config.threshold
-                )
-                if category in (GENERAL, CHARACTER) and row[column] > threshold:
-                    tags.add(name)
-            out.append(tags)
-        return out
+        categories = np.asarray(vocab.categories)
+        thresholds = np.where(categories == CHARACTER, self.config.character_threshold, self.config.threshold)
+        eligible = np.isin(categories, (GENERAL, CHARACTER))
+        names = np.asarray(vocab.names, dtype=object)
+        return [set(names[(row > thresholds) & eligible]) for row in probabilities]
 
-    def compute(self, images: Sequence[Image.Image], jobs: Sequence[ImageJob]) -> Scores:
-        predicted = self.predicted_tags(self.tagger.predict(list(images)))
+    def compute(self, batch: ImageBatch) -> Scores:
+        predicted = self.predicted_tags(batch.features.get(self.tagger).numpy())
         index = self.tagger.vocabulary.index
         scores: Scores = {key: [] for key in self.output_keys()}
-        for job, tags in zip(jobs, predicted):
+        for job, tags in zip(batch.jobs, predicted):
             asked = prompt_tags(job.prompt.prompt)
             known = [t for t in asked if t in index]
             scores["tag_accuracy/oov_rate"].append((len(asked) - len(known)) / len(asked) if asked else None)

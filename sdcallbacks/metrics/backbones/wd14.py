@@ -9,13 +9,18 @@ Tags pass their threshold strictly (``p > threshold``), as in the Space; kohya a
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
+from sdcallbacks.metrics.backbones.base import Backbone
+from sdcallbacks.metrics.backbones.onnx import fixed_batch, onnx_session
+from sdcallbacks.metrics.images import to_rgb
 from sdcallbacks.weights import resolve_file
 
 RATING, GENERAL, CHARACTER = 9, 0, 4
@@ -54,20 +59,6 @@ class TagVocabulary:
         }
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with transparency composited onto white and 16-bit/float modes scaled to 8 bits."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        scale = 255.0 / 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 1.0
-        image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "P", "PA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        canvas.alpha_composite(rgba)
-        return canvas.convert("RGB")
-    return image.convert("RGB")
-
-
 def preprocess_wd14(image: Image.Image, size: int) -> np.ndarray:
     """One image as (size, size, 3) float32 BGR in 0..255."""
     image = to_rgb(image)
@@ -80,28 +71,28 @@ def preprocess_wd14(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(square, dtype=np.float32)[:, :, ::-1]
 
 
-class WD14Tagger:
-    """An ONNX WD14 tagger; ``source`` is a hub repo id or a local folder/``model.onnx`` path."""
+class WD14Tagger(Backbone):
+    """An ONNX WD14 tagger; ``source`` is a hub repo id or a local folder/``model.onnx`` path. Features are
+    the (N, n_tags) probabilities, one column per ``selected_tags.csv`` row."""
 
     def __init__(self, source: str, device: str = "cpu", batch_size: int = 16):
-        import onnxruntime as ort
-
+        super().__init__(device, batch_size)
         self.source = source
-        self.batch_size = batch_size
-        self.model_path = resolve_file(source, "model.onnx")
-        self.vocabulary = TagVocabulary.from_csv(resolve_file(source, "selected_tags.csv"))
-        providers = ["CPUExecutionProvider"]
-        if str(device).startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(self.model_path), options, providers=providers)
+
+    @property
+    def key(self) -> str:
+        return f"wd14:{self.source}"
+
+    def load(self) -> None:
+        self.model_path = resolve_file(self.source, "model.onnx")
+        self.vocabulary = TagVocabulary.from_csv(resolve_file(self.source, "selected_tags.csv"))
+        self.session = onnx_session(self.model_path, self.device)
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         height = model_input.shape[1]
         self.size = height if isinstance(height, int) else 448
-        # Some exports have a fixed batch dimension; feed those one image at a time.
-        self.fixed_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else None
+        # Some exports have a fixed batch dimension; feed those that many images at a time.
+        self.batch_size = fixed_batch(self.session) or self.batch_size
         n_out = self.session.get_outputs()[0].shape[-1]
         if isinstance(n_out, int) and n_out != len(self.vocabulary.names):
             raise ValueError(
@@ -109,11 +100,6 @@ class WD14Tagger:
                 f"{len(self.vocabulary.names)} tags; the CSV must belong to this model"
             )
 
-    def predict(self, images: list[Image.Image]) -> np.ndarray:
-        """(N, n_tags) probabilities, one row per image."""
-        step = self.fixed_batch or self.batch_size
-        rows = []
-        for start in range(0, len(images), step):
-            batch = np.stack([preprocess_wd14(im, self.size) for im in images[start : start + step]])
-            rows.append(self.session.run(None, {self.input_name: batch})[0])
-        return np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, len(self.vocabulary.names)))
+    def forward(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        batch = np.stack([preprocess_wd14(im, self.size) for im in images])
+        return torch.from_numpy(self.session.run(None, {self.input_name: batch})[0]).double()

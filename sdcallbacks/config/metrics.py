@@ -1,0 +1,238 @@
+"""Metric sections of the run configuration.
+
+Every model field takes the published model id by default (fetched through the Hugging Face hub cache,
+or facenet-pytorch's / torchvision's own cache) and accepts a local file or folder instead. Reference
+folders hold the images a metric compares against (the subject's photos, the style images, the
+training set).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MetricConfig(_Strict):
+    """Settings every metric has."""
+
+    batch_size: PositiveInt = Field(16, description="Images per evaluator forward pass.")
+    good_threshold: float | None = Field(
+        None, description="Log good_rate: the share of images at or beyond this score (in its direction)."
+    )
+
+
+class ClipModelConfig(_Strict):
+    """An open_clip model. OpenAI weights are run with QuickGELU, as they were trained."""
+
+    model: str = Field(
+        "ViT-L-14-quickgelu",
+        description="open_clip model name, 'hf-hub:org/repo' or 'local-dir:/path' (open_clip_config.json "
+        "+ weights).",
+    )
+    pretrained: str | None = Field(
+        "openai",
+        description="open_clip pretrained tag or a local weights file; ignored for local-dir/hf-hub.",
+    )
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}:{self.pretrained}"
+
+
+class ReferenceMetricConfig(MetricConfig):
+    references: Path = Field(description="Folder of reference images (searched recursively).")
+
+
+class IdentityConfig(ReferenceMetricConfig):
+    """MTCNN (weights bundled with facenet-pytorch) + InceptionResnetV1 trained on VGGFace2."""
+
+    weights: str | None = Field(
+        None,
+        description="20180402-114759-vggface2.pt; default: facenet-pytorch's cache "
+        "($TORCH_HOME/checkpoints), downloaded there when missing.",
+    )
+    min_face_size: PositiveInt = 20
+    detection_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    copy_threshold: float = Field(
+        0.9, gt=-1.0, le=1.0, description="Warn when an image's face is this close to one reference photo."
+    )
+
+
+class TagAccuracyConfig(MetricConfig):
+    """WD14 tagger; ``model`` is a hub repo id or a local folder holding model.onnx + selected_tags.csv."""
+
+    model: str = "SmilingWolf/wd-v1-4-moat-tagger-v2"
+    threshold: float = Field(0.35, gt=0.0, lt=1.0)
+    character_threshold: float = Field(0.85, gt=0.0, lt=1.0)
+
+
+class AestheticLaionConfig(MetricConfig):
+    """LAION improved aesthetic predictor head on L2-normalised OpenAI CLIP ViT-L/14 image embeddings.
+    A v1 linear head (``sa_0_4_vit_l_14_linear.pth``) is accepted too."""
+
+    head: str = Field(
+        "camenduru/improved-aesthetic-predictor",
+        description="Hub repo holding the head file, a local folder, or the .pth file itself.",
+    )
+    head_filename: str = "sac+logos+ava1-l14-linearMSE.pth"
+    clip: ClipModelConfig = Field(default_factory=ClipModelConfig)
+    good_threshold: float | None = 6.0
+
+
+class AestheticAnimeConfig(MetricConfig):
+    """skytnt's anime aesthetic ONNX model (score 0..1)."""
+
+    model: str = Field("skytnt/anime-aesthetic", description="Hub repo, local folder or model.onnx.")
+    size: PositiveInt = Field(768, description="Canvas side the image is fitted into (the model's input).")
+    batch_size: PositiveInt = 4
+
+
+class ClipScoreConfig(MetricConfig):
+    """100 x cosine(image, prompt) with CLIP, as torchmetrics' CLIPScore."""
+
+    clip: ClipModelConfig = Field(default_factory=ClipModelConfig)
+
+
+class ClipIConfig(ReferenceMetricConfig):
+    """Mean cosine between an image's CLIP embedding and each reference image's (DreamBooth CLIP-I)."""
+
+    clip: ClipModelConfig = Field(default_factory=ClipModelConfig)
+
+
+class DiversityConfig(MetricConfig):
+    """DreamBooth DIV: mean pairwise LPIPS between images of the same prompt."""
+
+    net: str = Field("alex", pattern="^(alex|vgg|squeeze)$")
+    trunk_weights: str | None = Field(
+        None,
+        description="The torchvision trunk file (alexnet-owt-7be5be79.pth for 'alex'); default: "
+        "torchvision's cache ($TORCH_HOME/hub/checkpoints), downloaded there when missing.",
+    )
+
+
+class DiversityClipConfig(MetricConfig):
+    """Mean pairwise 1 - cosine of CLIP image embeddings between images of the same prompt."""
+
+    clip: ClipModelConfig = Field(default_factory=ClipModelConfig)
+
+
+class KidConfig(ReferenceMetricConfig):
+    """Kernel Inception Distance with torchmetrics' estimator and defaults, on CLIP image embeddings."""
+
+    clip: ClipModelConfig = Field(default_factory=ClipModelConfig)
+    subsets: PositiveInt = 100
+    subset_size: PositiveInt = Field(1000, description="Capped at the smaller set's size.")
+    degree: PositiveInt = 3
+    gamma: float | None = None
+    coef: float = 1.0
+    seed: int = 0
+
+
+class CmmdConfig(ReferenceMetricConfig):
+    """CMMD (Jayasumana et al. 2024): MMD with a Gaussian kernel on CLIP ViT-L/14@336 embeddings."""
+
+    clip: ClipModelConfig = Field(
+        default_factory=lambda: ClipModelConfig(model="ViT-L-14-336-quickgelu", pretrained="openai")
+    )
+    sigma: float = Field(10.0, gt=0)
+    scale: float = Field(1000.0, gt=0)
+
+
+class InceptionConfig(MetricConfig):
+    weights: str | None = Field(
+        None,
+        description="torch-fidelity's pt_inception-2015-12-05-6726825d.pth; default: the torch hub cache, "
+        "downloaded there when missing.",
+    )
+
+
+class FidConfig(InceptionConfig, ReferenceMetricConfig):
+    """FID through torchmetrics (torch-fidelity's Inception v3, 2048-d pool features)."""
+
+
+class InceptionScoreConfig(InceptionConfig):
+    """Inception Score through torchmetrics."""
+
+    splits: PositiveInt = 10
+
+
+class StyleLossConfig(ReferenceMetricConfig):
+    """GhostReview's VGG19 Gram-matrix style loss against the reference style images."""
+
+    weights: str | None = Field(
+        None,
+        description="torchvision's vgg19-dcbb9e9d.pth; default: the torch hub cache, downloaded there "
+        "when missing.",
+    )
+    size: tuple[PositiveInt, PositiveInt] = Field(
+        (512, 512), description="(height, width) images are resized to."
+    )
+    batch_size: PositiveInt = 4
+
+
+class CcipConfig(ReferenceMetricConfig):
+    """deepghs CCIP anime character similarity against reference images of the character."""
+
+    model: str = Field("deepghs/ccip_onnx", description="Hub repo or local folder holding <variant>/ files.")
+    variant: str = "ccip-caformer-24-randaug-pruned"
+    threshold: float | None = Field(None, description="Same-character threshold; default: metrics.json's.")
+
+
+class ValLossConfig(_Strict):
+    """Denoising loss on held-out images at fixed timesteps with fixed noise (no sampling)."""
+
+    data: Path = Field(description="Folder of held-out images with same-stem .txt captions.")
+    timesteps: list[int] = Field(default_factory=lambda: [200, 400, 600, 800])
+    resolution: PositiveInt = 512
+    batch_size: PositiveInt = 4
+    seed: int = 0
+    every_n_steps: PositiveInt | None = Field(
+        None, description="Also run between validations, every this many steps."
+    )
+
+    @field_validator("timesteps")
+    @classmethod
+    def _timesteps(cls, values: list[int]) -> list[int]:
+        if not values:
+            raise ValueError("list at least one timestep")
+        if any(t < 0 for t in values):
+            raise ValueError("timesteps must be >= 0")
+        return values
+
+
+class MetricsConfig(_Strict):
+    """Enabled metrics: a metric runs when its section is present (``{}`` takes every default)."""
+
+    identity: IdentityConfig | None = None
+    tag_accuracy: TagAccuracyConfig | None = None
+    aesthetic_laion: AestheticLaionConfig | None = None
+    aesthetic_anime: AestheticAnimeConfig | None = None
+    clip_score: ClipScoreConfig | None = None
+    clip_i: ClipIConfig | None = None
+    diversity: DiversityConfig | None = None
+    diversity_clip: DiversityClipConfig | None = None
+    kid: KidConfig | None = None
+    cmmd: CmmdConfig | None = None
+    fid: FidConfig | None = None
+    inception_score: InceptionScoreConfig | None = None
+    style_loss: StyleLossConfig | None = None
+    ccip: CcipConfig | None = None
+    val_loss: ValLossConfig | None = None
+    device: str | None = Field(None, description="Device for evaluators; default: the accelerator's.")
+    cache_references: bool = Field(
+        True, description="Cache reference embeddings on disk, keyed by file content and model."
+    )
+    cache_dir: Path | None = Field(None, description="Default: ~/.cache/sdcallbacks/features.")
+
+    def enabled(self) -> dict[str, MetricConfig]:
+        """Enabled image metrics by name (``val_loss`` is not an image metric and is not included)."""
+        return {
+            name: value
+            for name in type(self).model_fields
+            if isinstance(value := getattr(self, name), MetricConfig)
+        }

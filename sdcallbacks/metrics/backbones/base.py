@@ -1,0 +1,76 @@
+"""Backbones: the evaluator networks that turn images into features, shared between metrics.
+
+A :class:`Backbone` maps a list of images to one feature row per image (a tensor, or a tuple of tensors
+for multi-layer features); a row of NaN means "no feature for this image" (MTCNN found no face). Every
+backbone has a ``key`` naming the model and its weights: metrics that ask the
+:class:`~sdcallbacks.metrics.backbones.pool.BackbonePool` for the same key get the same loaded instance,
+and a :class:`FeatureCache` runs each backbone at most once per batch of images, whichever metrics read
+its features.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+
+Features = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+class Backbone(ABC):
+    """An evaluator network. Weights load on first use."""
+
+    def __init__(self, device: str = "cpu", batch_size: int = 16):
+        self.device = device
+        self.batch_size = batch_size
+        self._loaded = False
+
+    @property
+    @abstractmethod
+    def key(self) -> str:
+        """Names the model and its weights; equal keys mean equal features."""
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load the weights (once)."""
+
+    @abstractmethod
+    def forward(self, images: Sequence[Image.Image]) -> Features:
+        """Features of one batch of at most ``batch_size`` images."""
+
+    def ensure_loaded(self) -> None:
+        if not self._loaded:
+            self.load()
+            self._loaded = True
+
+    @torch.inference_mode()
+    def embed(self, images: Sequence[Image.Image]) -> Features:
+        """Features of every image, batched; rows follow ``images``."""
+        self.ensure_loaded()
+        parts = [
+            self.forward(images[start : start + self.batch_size])
+            for start in range(0, len(images), self.batch_size)
+        ]
+        if not parts:
+            raise ValueError(f"{self.key}: no images to embed")
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
+        return torch.cat(parts)
+
+
+class FeatureCache:
+    """Features of one batch of images, computed at most once per backbone."""
+
+    def __init__(self, images: Sequence[Image.Image]):
+        self.images = images
+        self._features: dict[str, Features] = {}
+
+    def get(self, backbone: Backbone) -> Features:
+        if backbone.key not in self._features:
+            self._features[backbone.key] = backbone.embed(self.images)
+        return self._features[backbone.key]
+
+    def __contains__(self, backbone: Backbone) -> bool:
+        return backbone.key in self._features

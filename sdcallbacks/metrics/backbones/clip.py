@@ -1,0 +1,135 @@
+"""CLIP through open_clip: image embeddings (shared by clip_score, clip_i, aesthetic_laion, diversity_clip,
+kid) and prompt embeddings.
+
+OpenAI weights were trained with QuickGELU; open_clip's plain ``ViT-L-14`` config uses GELU and only warns
+when given them (REFERENCE §1.7), so ``pretrained: openai`` always forces QuickGELU. Images go through
+open_clip's own eval transform for the model (bicubic resize of the short side, centre crop, OpenAI
+mean/std), the preprocessing the LAION aesthetic predictor was trained on. Prompts longer than the
+context are truncated keeping the end-of-text token last (as OpenAI's ``clip.tokenize(truncate=True)``),
+with a warning naming the prompt. Embeddings are returned unnormalised, float32, on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from sdcallbacks.config.metrics import ClipModelConfig
+from sdcallbacks.metrics.backbones.base import Backbone
+from sdcallbacks.metrics.images import to_rgb
+from sdcallbacks.weights import WeightsNotFoundError
+
+logger = logging.getLogger("sdcallbacks")
+
+LOCAL_DIR = "local-dir:"
+LOCAL_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+def _check_local(config: ClipModelConfig) -> None:
+    """open_clip only warns and keeps random weights when a local-dir folder has no weights file."""
+    if config.model.startswith(LOCAL_DIR):
+        folder = Path(config.model[len(LOCAL_DIR) :]).expanduser()
+        missing = [n for n in ("open_clip_config.json",) if not (folder / n).is_file()]
+        if not any((folder / n).is_file() for n in LOCAL_WEIGHTS):
+            missing.append(" or ".join(LOCAL_WEIGHTS))
+        if missing:
+            raise WeightsNotFoundError(
+                missing[0],
+                config.model,
+                f"{folder} has no {' and no '.join(missing)}",
+                looked_in=str(folder),
+                fix="point clip.model at a folder with open_clip_config.json and the model weights",
+            )
+    elif config.pretrained and Path(config.pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors"):
+        path = Path(config.pretrained).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(
+                path.name,
+                config.pretrained,
+                f"{path} does not exist",
+                looked_in=str(path),
+                fix="point clip.pretrained at an existing weights file, or use a pretrained tag",
+            )
+
+
+class ClipBackbone(Backbone):
+    def __init__(self, config: ClipModelConfig, device: str = "cpu", batch_size: int = 16):
+        super().__init__(device, batch_size)
+        self.config = config
+        self._text_cache: dict[str, torch.Tensor] = {}
+        self.truncated_prompts = 0
+
+    @property
+    def key(self) -> str:
+        return f"open_clip:{self.config.key}"
+
+    @property
+    def pretrained(self) -> str | None:
+        return None if self.config.model.startswith((LOCAL_DIR, "hf-hub:")) else self.config.pretrained
+
+    def load(self) -> None:
+        import open_clip
+
+        _check_local(self.config)
+        quick_gelu = self.pretrained == "openai" and "quickgelu" not in self.config.model.lower()
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                self.config.model, pretrained=self.pretrained, force_quick_gelu=quick_gelu, device=self.device
+            )
+        except (OSError, RuntimeError) as err:
+            raise WeightsNotFoundError(
+                self.config.pretrained or self.config.model,
+                self.config.model,
+                f"open_clip could not load it ({type(err).__name__}: {err})",
+                looked_in="open_clip's pretrained registry and the Hugging Face hub cache",
+                fix="run once with network access to fill the hub cache, or set clip.model to "
+                "'local-dir:/path' / clip.pretrained to a local weights file",
+            ) from err
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.tokenizer = open_clip.get_tokenizer(self.config.model)
+        self.context_length = getattr(self.tokenizer, "context_length", 77)
+        self.embed_dim = int(model.visual.output_dim)
+
+    def forward(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        batch = torch.stack([self.preprocess(to_rgb(im)) for im in images]).to(self.device)
+        return self.model.encode_image(batch).float().cpu()
+
+    def _warn_if_truncated(self, prompt: str) -> None:
+        encode = getattr(self.tokenizer, "encode", None)
+        if encode is None:
+            return
+        n_tokens = len(encode(prompt)) + 2  # start and end tokens
+        if n_tokens > self.context_length:
+            self.truncated_prompts += 1
+            logger.warning(
+                "sdcallbacks: prompt has %d CLIP tokens, over the %d-token context; the rest is cut "
+                "(end token kept), so CLIP only sees its start: %r",
+                n_tokens,
+                self.context_length,
+                prompt[:120],
+            )
+
+    @torch.inference_mode()
+    def embed_texts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(N, D) unnormalised text embeddings; each distinct prompt is encoded once per run."""
+        self.ensure_loaded()
+        new = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        for start in range(0, len(new), self.batch_size):
+            chunk = new[start : start + self.batch_size]
+            for prompt in chunk:
+                self._warn_if_truncated(prompt)
+            tokens = self.tokenizer(chunk).to(self.device)
+            for prompt, row in zip(chunk, self.model.encode_text(tokens).float().cpu()):
+                self._text_cache[prompt] = row
+        return torch.stack([self._text_cache[p] for p in prompts])
+
+
+def normalized(features: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit L2 norm; a zero row stays zero (norm taken as 1, as the LAION predictor does)."""
+    norm = features.norm(dim=-1, keepdim=True)
+    return features / torch.where(norm == 0, torch.ones_like(norm), norm)

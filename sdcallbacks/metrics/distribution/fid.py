@@ -1,0 +1,41 @@
+"""``fid``: Fréchet Inception Distance through torchmetrics' ``FrechetInceptionDistance`` on
+torch-fidelity's Inception v3 pool features (2048-d), against a reference folder. For users who have
+the Inception weights (``weights``). FID is badly biased below a few thousand images: with a validation
+set of dozens, compare it between steps of one run, never with published numbers. Lower is better."""
+
+from __future__ import annotations
+
+import logging
+
+from sdcallbacks.config.metrics import FidConfig
+from sdcallbacks.metrics.backbones.inception import InceptionNet
+from sdcallbacks.metrics.base import ImageBatch, SetMetric
+from sdcallbacks.metrics.distribution.features import FeatureRows
+from sdcallbacks.metrics.registry import register_metric
+
+logger = logging.getLogger("sdcallbacks")
+
+
+@register_metric
+class Fid(SetMetric):
+    name = "fid"
+    higher_is_better = False
+    config_class = FidConfig
+    config: FidConfig
+
+    def load(self) -> None:
+        cfg = self.config
+        self.net = self.pool.get(InceptionNet("2048", cfg.weights, self.device, cfg.batch_size))
+        self.references = self.pool.references.features(self.net, cfg.references)
+
+    def compute(self, batch: ImageBatch) -> dict[str, float | None]:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        generated = batch.features.get(self.net)
+        if min(len(generated), len(self.references)) < 2:
+            logger.warning("sdcallbacks: fid needs at least 2 images on each side")
+            return {self.name: None}
+        fid = FrechetInceptionDistance(feature=FeatureRows(generated.shape[1]))
+        fid.update(self.references, real=True)
+        fid.update(generated, real=False)
+        return {self.name: float(fid.compute())}

@@ -1,0 +1,68 @@
+"""Reading images for evaluators: any PIL mode to RGB, and folders of images with counted skips."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger("sdcallbacks")
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with transparency composited onto white and 16-bit/float modes scaled to 8 bits."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        scale = 255.0 / 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 1.0
+        image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "P", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    return image.convert("RGB")
+
+
+class ImageFolderError(ValueError):
+    """A reference or input folder that cannot be used (missing, empty, nothing readable)."""
+
+
+@dataclass
+class ImageFolder:
+    """The readable images of a folder (recursive, sorted by path); unreadable files are counted skips."""
+
+    root: Path
+    paths: list[Path] = field(default_factory=list)
+    images: list[Image.Image] = field(default_factory=list)
+    skipped: dict[Path, str] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, root: str | Path, what: str = "reference images") -> ImageFolder:
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise ImageFolderError(f"{what}: {root} is not a folder")
+        candidates = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not candidates:
+            raise ImageFolderError(
+                f"{what}: {root} holds no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+            )
+        folder = cls(root)
+        for path in candidates:
+            try:
+                with Image.open(path) as opened:
+                    opened.load()
+                    image = to_rgb(opened)
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                folder.skipped[path] = f"{type(err).__name__}: {err}"
+                logger.warning("sdcallbacks: skipping unreadable image %s (%s)", path, err)
+                continue
+            folder.paths.append(path)
+            folder.images.append(image)
+        if not folder.images:
+            raise ImageFolderError(f"{what}: none of the {len(candidates)} images in {root} could be read")
+        return folder
