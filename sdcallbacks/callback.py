@@ -37,6 +37,7 @@ from sdcallbacks.metrics import BackbonePool, ImageBatch, KeySpec, Metric, SetMe
 from sdcallbacks.outputs.writer import OutputWriter
 from sdcallbacks.prompts.library import ImageJob, expand_jobs, load_prompts
 from sdcallbacks.sampling.pipeline import TrainingModules
+from sdcallbacks.sampling.rng import isolated_rng
 from sdcallbacks.sampling.sampler import ValidationSampler, _has_adapters
 from sdcallbacks.sampling.schedule import ValidationSchedule
 from sdcallbacks.selection.checkpoint import BestCheckpoint
@@ -225,11 +226,13 @@ class ValidationCallback:
             sampled = time.perf_counter()
             batch = ImageBatch.of(images, local_jobs)
             records = self._records(step, variant, local_jobs)
-            self._score(per_rank, batch, records, step)
+            with isolated_rng():  # evaluators (and their lazy loading) never move training's streams
+                self._score(per_rank, batch, records, step)
             records, images = self._gather(records, images)
             if self.is_main_process:
                 full = batch if world == 1 else ImageBatch.of(images, self.jobs)
-                sets = self._score(on_all, full, records, step)
+                with isolated_rng():
+                    sets = self._score(on_all, full, records, step)
                 timings = {"sampling_s": sampled - started, "scoring_s": time.perf_counter() - sampled}
                 stop = self._report(step, variant, records, sets, images, timings, baseline) or stop
         return self._broadcast(stop)

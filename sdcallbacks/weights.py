@@ -37,7 +37,8 @@ def resolve_file(source: str | Path, filename: str) -> Path:
     """``filename`` inside local folder ``source``, ``source`` itself if it is that file, or from the hub."""
     path = Path(source).expanduser()
     if path.is_file():
-        if path.name == filename or filename == "":
+        # The file itself: the one asked for, or one of the same kind under another name (a renamed head).
+        if path.name == filename or filename == "" or path.suffix == Path(filename).suffix:
             return path
         sibling = path.parent / filename
         if sibling.is_file():

@@ -53,3 +53,34 @@ def tiny_world():
     from sdcallbacks.testing.world import build_tiny_world
 
     return build_tiny_world()
+
+
+@pytest.fixture(scope="session")
+def evaluators(tmp_path_factory):
+    """Every evaluator file in its published format (random weights, real layouts), built in seconds."""
+    from types import SimpleNamespace
+
+    from sdcallbacks.testing import evaluators as ev
+    from sdcallbacks.testing.tagger import write_tagger
+
+    root = tmp_path_factory.mktemp("evaluators")
+    return SimpleNamespace(
+        root=root,
+        clip=f"local-dir:{ev.write_tiny_open_clip(root / 'clip')}",
+        laion_head=ev.write_laion_head(root / "laion_head.pth"),
+        facenet=ev.write_facenet_weights(root / "facenet" / "20180402-114759-vggface2.pt"),
+        tagger=write_tagger(root / "tagger"),
+        anime=ev.write_anime_aesthetic(root / "anime"),
+        ccip=ev.write_ccip(root / "ccip"),
+        vgg19=ev.write_torchvision_features(root / "vgg19-dcbb9e9d.pth", "vgg19"),
+        alexnet=ev.write_torchvision_features(root / "alexnet-owt-7be5be79.pth", "alexnet"),
+        inception=ev.write_inception(root / "inception.pth"),
+    )
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    from PIL import Image
+    from skimage import data
+
+    return Image.fromarray(data.astronaut())

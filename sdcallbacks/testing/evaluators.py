@@ -81,3 +81,135 @@ def write_facenet_weights(path: Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return path
+
+
+# -- ONNX evaluators: tiny graphs with the published input/output names and layouts ----------------
+
+
+def _save_onnx(nodes, inputs, outputs, initializers, path: Path) -> Path:
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def _tensor(name: str, array) -> object:
+    import numpy as np
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.asarray(array, dtype=np.float32), name)
+
+
+def write_anime_aesthetic(folder: Path, seed: int = 0) -> Path:
+    """``model.onnx``: input ``img`` (N, 3, H, W) → (N, 1) in 0..1, a sigmoid of weighted channel means."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node("ReduceMean", ["img"], ["pooled"], axes=[2, 3], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "w"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["score"]),
+    ]
+    return _save_onnx(
+        nodes,
+        [helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N", 1])],
+        [_tensor("w", rng.normal(0, 3, (3, 1)))],
+        folder / "model.onnx",
+    )
+
+
+def _tensor_i64(name: str, values) -> object:
+    import numpy as np
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.asarray(values, dtype=np.int64), name)
+
+
+CCIP_DIM = 768
+
+
+def write_ccip(folder: Path, variant: str = "ccip-caformer-24-randaug-pruned", seed: int = 0) -> Path:
+    """``<variant>/model_feat.onnx`` (input ``input`` (N, 3, H, W) → ``output`` (N, 768): pooled colours and a
+    coarse layout through a random projection), ``model_metrics.onnx`` ((N, 768) → (N, N) Euclidean
+    distances of unit features, halved) and ``metrics.json`` with a threshold."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(seed)
+    root = folder / variant
+    feat_nodes = [
+        helper.make_node("AveragePool", ["input"], ["cells"], kernel_shape=[96, 96], strides=[96, 96]),
+        helper.make_node("Flatten", ["cells"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "w"], ["output"]),
+    ]
+    _save_onnx(
+        feat_nodes,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 384, 384])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", CCIP_DIM])],
+        [_tensor("w", rng.normal(0, 1, (3 * 4 * 4, CCIP_DIM)))],
+        root / "model_feat.onnx",
+    )
+    metric_nodes = [
+        helper.make_node("LpNormalization", ["input"], ["unit"], axis=1, p=2),
+        helper.make_node("Mul", ["unit", "unit"], ["sq"]),
+        helper.make_node("ReduceSum", ["sq", "one"], ["norms"], keepdims=1),
+        helper.make_node("Transpose", ["unit"], ["unit_t"], perm=[1, 0]),
+        helper.make_node("MatMul", ["unit", "unit_t"], ["gram"]),
+        helper.make_node("Transpose", ["norms"], ["norms_t"], perm=[1, 0]),
+        helper.make_node("Add", ["norms", "norms_t"], ["sum"]),
+        helper.make_node("Mul", ["gram", "two"], ["gram2"]),
+        helper.make_node("Sub", ["sum", "gram2"], ["d2"]),
+        helper.make_node("Relu", ["d2"], ["d2pos"]),
+        helper.make_node("Sqrt", ["d2pos"], ["d"]),
+        helper.make_node("Mul", ["d", "half"], ["output"]),
+    ]
+    _save_onnx(
+        metric_nodes,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", CCIP_DIM])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", "N"])],
+        [_tensor_i64("one", [1]), _tensor("two", 2.0), _tensor("half", 0.5)],
+        root / "model_metrics.onnx",
+    )
+    (root / "metrics.json").write_text(json.dumps({"threshold": 0.17847511429108218}), encoding="utf-8")
+    return folder
+
+
+# -- torchvision-format trunks (random weights, real layouts; features only, to keep files small) ----
+
+
+def write_torchvision_features(path: Path, arch: str, seed: int = 0) -> Path:
+    """A torchvision ``<arch>`` state_dict holding its ``features.*`` weights (the part the VGG style loss
+    and LPIPS use; the classifier would add hundreds of MB)."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    features = getattr(torchvision.models, arch)(weights=None).features
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
+    return path
+
+
+def write_inception(path: Path, seed: int = 0) -> Path:
+    """torch-fidelity's Inception v3 state_dict layout with random weights."""
+    from unittest import mock
+
+    from torch_fidelity import feature_extractor_inceptionv3 as fidelity
+
+    torch.manual_seed(seed)
+    # The constructor insists on loading published weights; let it load nothing, then save what it built.
+    with (
+        mock.patch.object(fidelity, "load_state_dict_from_url", lambda *a, **k: {}),
+        mock.patch.object(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None),
+    ):
+        net = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+    return path

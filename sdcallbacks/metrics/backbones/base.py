@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
+from sdcallbacks.sampling.rng import isolated_rng
+
 Features = torch.Tensor | tuple[torch.Tensor, ...]
 
 
@@ -42,7 +44,10 @@ class Backbone(ABC):
 
     def ensure_loaded(self) -> None:
         if not self._loaded:
-            self.load()
+            # Building a network draws its random initialisation from the global generators before the
+            # weights overwrite it; mid-training, those are the training loop's streams.
+            with isolated_rng():
+                self.load()
             self._loaded = True
 
     @torch.inference_mode()
