@@ -34,6 +34,7 @@ from sdcallbacks.aggregation.records import ImageRecord, aggregate, set_values
 from sdcallbacks.config.loading import load_config, validate_config
 from sdcallbacks.config.schema import RunConfig
 from sdcallbacks.metrics import BackbonePool, ImageBatch, KeySpec, Metric, SetMetric, build_metrics
+from sdcallbacks.metrics.loss import ValidationLoss
 from sdcallbacks.outputs.writer import OutputWriter
 from sdcallbacks.prompts.library import ImageJob, expand_jobs, load_prompts
 from sdcallbacks.sampling.pipeline import TrainingModules
@@ -82,6 +83,7 @@ class ValidationCallback:
                 config.metrics.enabled(), device=device, pool=BackbonePool(feature_cache_dir(config))
             )
         )
+        self.val_loss = ValidationLoss(config.metrics.val_loss) if config.metrics.val_loss else None
         self.key_specs: dict[str, KeySpec] = {k: v for m in self.metrics for k, v in m.key_specs().items()}
         self.writer = OutputWriter(config.output_dir)
         self.trackers = TrackerLogger(accelerator)
@@ -174,8 +176,20 @@ class ValidationCallback:
         if self.accelerator is not None and not self.accelerator.sync_gradients:
             return _CONTINUE
         if not self.schedule.is_due(global_step):
+            self._loss_between_validations(global_step)
             return _CONTINUE
         return self.validate(global_step)
+
+    def _loss_between_validations(self, step: int) -> None:
+        every = self.config.metrics.val_loss.every_n_steps if self.val_loss is not None else None
+        if every is None or step % every or not self.is_main_process or self.sampler is None:
+            return
+        values = set_values(self._loss("model", step), self.baseline_sets.get(self._reference_variant()))
+        self.writer.append_aggregate(step, "val_loss", values, baseline=False)
+        self.trackers.log_scalars(values, step)
+
+    def _reference_variant(self) -> str:
+        return "base" if "base" in self.baseline else "model"
 
     def on_train_end(self, global_step: int | None = None) -> Control:
         """Validate the final step unless it already was (``schedule.validate_at_end``)."""
@@ -233,9 +247,23 @@ class ValidationCallback:
                 full = batch if world == 1 else ImageBatch.of(images, self.jobs)
                 with isolated_rng():
                     sets = self._score(on_all, full, records, step)
+                sets.update(self._loss(variant, step))
                 timings = {"sampling_s": sampled - started, "scoring_s": time.perf_counter() - sampled}
                 stop = self._report(step, variant, records, sets, images, timings, baseline) or stop
         return self._broadcast(stop)
+
+    def _loss(self, variant: str, step: int) -> dict[str, float | None]:
+        """``val_loss`` of one variant's weights (main process; it needs no collective)."""
+        if self.val_loss is None:
+            return {}
+        try:
+            with self.sampler.variant_weights(variant):
+                return self.val_loss.evaluate(self.modules, self.sampler.device, self.sampler.mixed_precision)
+        except Exception:
+            if self.config.on_error == "raise":
+                raise
+            logger.error("sdcallbacks: val_loss failed at step %d.\n%s", step, traceback.format_exc())
+            return {self.val_loss.name: None}
 
     @staticmethod
     def _records(step: int, variant: str, jobs: list[ImageJob]) -> list[ImageRecord]:
@@ -314,7 +342,7 @@ class ValidationCallback:
             self.baseline[variant] = records
             self.baseline_sets[variant] = sets
         prefix = "val" if variant in ("model", "base") else f"val/{variant}"
-        reference_variant = "base" if "base" in self.baseline else "model"
+        reference_variant = self._reference_variant()
         reference = None if baseline else self.baseline.get(reference_variant)
         reference_sets = None if baseline else self.baseline_sets.get(reference_variant)
         values = aggregate(records, reference, prefix=prefix, specs=self.key_specs)

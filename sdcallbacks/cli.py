@@ -1,4 +1,4 @@
-"""The ``sdcallbacks`` command: ``demo``, ``schema``, ``check-config``, ``build-world``.
+"""The ``sdcallbacks`` command: ``demo``, ``score``, ``schema``, ``check-config``, ``build-world``.
 
 Config errors print the file, key path and expectation, and exit with code 2.
 """
@@ -72,6 +72,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score(args: argparse.Namespace) -> int:
+    from sdcallbacks.metrics.images import ImageFolderError
+    from sdcallbacks.scoring import score_folder, write_scores
+    from sdcallbacks.weights import WeightsNotFoundError
+
+    names = [n.strip() for n in (args.metrics or "").split(",") if n.strip()]
+    if not names and args.config is None:
+        print(
+            "error: name the metrics (--metrics a,b) or give a --config with a metrics section",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG_ERROR
+    try:
+        records, values, folder = score_folder(args.images, names, args.prompts, args.config)
+    except (ImageFolderError, WeightsNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    write_scores(args.out, records, values)
+    print(f"scored {len(records)} images from {folder.root} ({len(folder.skipped)} unreadable, skipped)")
+    for key, value in sorted(values.items()):
+        if "/prompt/" not in key:
+            print(f"  {key:<44} {value:.4f}")
+    print(f"  per-image scores: {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdcallbacks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--no-wandb", action="store_true", help="do not log to W&B (offline) at all")
     demo.set_defaults(func=_cmd_demo)
+
+    score = sub.add_parser("score", help="score a folder of existing images (no training)")
+    score.add_argument("images", type=Path, help="folder of images (searched recursively)")
+    score.add_argument("--metrics", help="comma-separated metric names, e.g. clip_score,aesthetic_laion")
+    score.add_argument("--prompts", type=Path, help=".jsonl or .csv mapping file -> prompt[, seed]")
+    score.add_argument(
+        "--config", type=Path, help="YAML/JSON/TOML with a metrics section (models, references)"
+    )
+    score.add_argument("--out", type=Path, default=Path("scores.jsonl"))
+    score.set_defaults(func=_cmd_score)
 
     schema = sub.add_parser("schema", help="print the config's JSON schema")
     schema.set_defaults(func=_cmd_schema)

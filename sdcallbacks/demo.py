@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from sdcallbacks.callback import ValidationCallback
-from sdcallbacks.config.schema import (
+from sdcallbacks.config import (
+    ClipModelConfig,
     MetricsConfig,
     PromptDefaults,
     PromptEntry,
@@ -27,6 +28,7 @@ from sdcallbacks.config.schema import (
     ScheduleConfig,
     TagAccuracyConfig,
 )
+from sdcallbacks.config.metrics import AestheticLaionConfig, ClipScoreConfig, DiversityClipConfig
 from sdcallbacks.testing.world import TinyWorld, build_tiny_world
 
 MONITOR = "val/tag_accuracy/mean"
@@ -51,6 +53,7 @@ class DemoResult:
 
 def demo_config(world: TinyWorld, output_dir: Path, validate_every: int) -> RunConfig:
     """The callback's configuration; the demo writes it to ``<output_dir>/config.yaml`` as well."""
+    clip = ClipModelConfig(model=f"local-dir:{world.clip_dir}", pretrained=None)
     return RunConfig(
         output_dir=output_dir,
         seed=1234,
@@ -61,7 +64,13 @@ def demo_config(world: TinyWorld, output_dir: Path, validate_every: int) -> RunC
         defaults=PromptDefaults(num_images=4, width=32, height=32, steps=20, guidance_scale=4.0),
         sampling=SamplingConfig(scheduler="ddim", batch_size=8, baseline=True),
         schedule=ScheduleConfig(every_n_steps=validate_every, validate_at_end=True),
-        metrics=MetricsConfig(tag_accuracy=TagAccuracyConfig(model=str(world.tagger_dir))),
+        # One CLIP backbone serves clip_score, aesthetic_laion and diversity_clip: it runs once per image.
+        metrics=MetricsConfig(
+            tag_accuracy=TagAccuracyConfig(model=str(world.tagger_dir)),
+            clip_score=ClipScoreConfig(clip=clip),
+            aesthetic_laion=AestheticLaionConfig(head=str(world.laion_head_path), clip=clip),
+            diversity_clip=DiversityClipConfig(clip=clip),
+        ),
         monitor=MONITOR,
         mode="max",
     )

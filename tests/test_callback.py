@@ -6,6 +6,7 @@ import json
 import logging
 
 import pytest
+from PIL import Image
 
 from sdcallbacks import ValidationCallback
 from sdcallbacks.config import MetricConfig
@@ -175,3 +176,35 @@ def test_no_validation_when_gradients_are_accumulating(tmp_path, tagger_dir, tin
     )
     start(cb, tiny_modules)
     assert not cb.on_step_end(2).should_validate
+
+
+def test_set_metrics_val_loss_and_shared_clip_in_a_run(tmp_path, tagger_dir, tiny_modules, evaluators):
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    held_out = tmp_path / "held_out"
+    held_out.mkdir()
+    for i, colour in enumerate([(255, 0, 0), (0, 0, 255), (0, 255, 0)]):
+        Image.new("RGB", (32, 32), colour).save(refs / f"{i}.png")
+        Image.new("RGB", (32, 32), colour).save(held_out / f"{i}.png")
+        (held_out / f"{i}.txt").write_text("a square", encoding="utf-8")
+    clip = {"model": evaluators.clip, "pretrained": None}
+    metrics = {
+        "tag_accuracy": {"model": str(tagger_dir)},
+        "clip_score": {"clip": clip},
+        "diversity_clip": {"clip": clip},
+        "kid": {"references": str(refs), "clip": clip, "subsets": 5},
+        "val_loss": {"data": str(held_out), "resolution": 32, "timesteps": [500], "every_n_steps": 1},
+        "cache_dir": str(tmp_path / "features"),
+    }
+    cb = ValidationCallback.from_config(config(tmp_path, tagger_dir, metrics=metrics, monitor="val/kid"))
+    start(cb, tiny_modules)
+    cb.on_step_end(1)  # val_loss only (every_n_steps: 1), no sampling
+    cb.on_step_end(2)
+    aggregates = [r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if r["type"] == "aggregate"]
+    assert [a["variant"] for a in aggregates] == ["base", "val_loss", "model"]
+    base, between, step2 = (a["values"] for a in aggregates)
+    assert {"val/kid", "val/kid/std", "val/val_loss", "val/val_loss/t500"} <= set(base)
+    assert "val/val_loss/delta" in between and "val/kid/delta" in step2
+    assert "val/diversity_clip/prompt/red" in step2 and "val/clip_score/ci_low" in step2
+    assert cb.best_step == 2
+    assert len(list((tmp_path / "features").glob("*.safetensors"))) == 1

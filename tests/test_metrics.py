@@ -600,3 +600,51 @@ def test_every_metric_section_has_a_registered_metric_and_vice_versa():
     assert sections == set(METRICS)
     for name, cls in METRICS.items():
         assert cls.name == name and MetricsConfig.model_fields[name].annotation == (cls.config_class | None)
+
+
+# -- sdcallbacks score -----------------------------------------------------------------------------
+
+
+def test_score_cli_scores_a_folder_with_prompts_from_file_caption_and_png_text(evaluators, tmp_path, capsys):
+    import json
+
+    from PIL import PngImagePlugin
+
+    from sdcallbacks.cli import main
+
+    folder = tmp_path / "exported"
+    folder.mkdir()
+    images = squares(4, seed=81)
+    images[0].save(folder / "a.png")
+    images[1].save(folder / "b.png")
+    (folder / "b.txt").write_text("green square, white background", encoding="utf-8")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "blue square, white background\nNegative prompt: x\nSteps: 20, Seed: 1234")
+    images[2].save(folder / "c.png", pnginfo=info)
+    images[3].save(folder / "d.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        json.dumps({"file": "a.png", "prompt": "red square, white background", "seed": 7}) + "\n"
+    )
+    config = tmp_path / "metrics.yaml"
+    config.write_text(f"metrics:\n  tag_accuracy:\n    model: {evaluators.tagger}\n", encoding="utf-8")
+    out = tmp_path / "scores.jsonl"
+    argv = ["score", str(folder), "--metrics", "tag_accuracy,aesthetic_anime", "--prompts", str(prompts)]
+    assert main([*argv, "--config", str(config), "--out", str(out)]) == 2  # aesthetic_anime: no model offline
+    config.write_text(
+        f"metrics:\n  tag_accuracy:\n    model: {evaluators.tagger}\n"
+        f"  aesthetic_anime:\n    model: {evaluators.anime}\n    size: 64\n",
+        encoding="utf-8",
+    )
+    assert main([*argv, "--config", str(config), "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    by_file = {Path(r["image_path"]).name: r for r in rows if r["type"] == "image"}
+    assert by_file["a.png"]["seed"] == 7 and by_file["a.png"]["prompt"].startswith("red square")
+    assert by_file["b.png"]["prompt"].startswith("green") and by_file["c.png"]["seed"] == 1234
+    assert by_file["d.png"]["scores"]["tag_accuracy"] is None  # no prompt: skipped, not 0
+    assert by_file["a.png"]["scores"]["tag_accuracy"] == 1.0
+    aggregate_row = rows[-1]["values"]
+    assert aggregate_row["score/skipped_files"] == 1.0 and aggregate_row["score/tag_accuracy/skipped"] == 1.0
+    assert "score/aesthetic_anime/mean" in capsys.readouterr().out
+    assert main(["score", str(folder), "--metrics", "no_such_metric"]) == 2

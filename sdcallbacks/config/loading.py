@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from sdcallbacks.config.metrics import MetricsConfig
 from sdcallbacks.config.schema import RunConfig
 
 if sys.version_info >= (3, 11):
@@ -28,7 +29,7 @@ class ConfigError(ValueError):
         super().__init__(f"{where}: invalid configuration\n" + "\n".join(f"  {p}" for p in problems))
 
 
-def _read_mapping(path: Path) -> dict[str, Any]:
+def read_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(path, ["file not found"])
     text = path.read_text(encoding="utf-8")
@@ -71,10 +72,23 @@ def validate_config(data: dict[str, Any], path: Path | None = None) -> RunConfig
     if path is not None:
         base = path.resolve().parent
         config.prompt_files = [p if p.is_absolute() else base / p for p in config.prompt_files]
+        resolve_metric_paths(config.metrics, base)
     return config
+
+
+def resolve_metric_paths(metrics: MetricsConfig, base: Path) -> None:
+    """Relative reference folders and data paths of metric sections resolve against ``base``."""
+    for name in type(metrics).model_fields:
+        section = getattr(metrics, name)
+        if not isinstance(section, BaseModel):
+            continue
+        for field in ("references", "data"):
+            value = getattr(section, field, None)
+            if isinstance(value, Path) and not value.is_absolute():
+                setattr(section, field, base / value)
 
 
 def load_config(path: str | Path) -> RunConfig:
     """Load and validate a config file; raises :class:`ConfigError` naming the file and keys."""
     path = Path(path)
-    return validate_config(_read_mapping(path), path)
+    return validate_config(read_mapping(path), path)

@@ -97,7 +97,7 @@ class ValidationSampler:
         )
         self.mixed_precision = mixed_precision
 
-    def _variant_context(self, variant: Variant) -> contextlib.AbstractContextManager:
+    def variant_weights(self, variant: Variant) -> contextlib.AbstractContextManager:
         if variant == "base":
             return adapters_disabled(self.modules)
         if variant == "ema":
@@ -113,7 +113,7 @@ class ValidationSampler:
         with (
             isolated_rng(cuda_devices),
             eval_mode(*self.modules.torch_modules()),
-            self._variant_context(variant),
+            self.variant_weights(variant),
             torch.no_grad(),
             autocast_for(self.device, self.mixed_precision),
         ):
