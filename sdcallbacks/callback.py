@@ -30,13 +30,13 @@ from typing import Any
 import torch
 from PIL import Image
 
-from sdcallbacks.aggregation.records import ImageRecord, aggregate, set_values
+from sdcallbacks.aggregation.records import ImageRecord, aggregate, record_scores, set_values
 from sdcallbacks.config.loading import load_config, validate_config
 from sdcallbacks.config.schema import RunConfig
-from sdcallbacks.metrics import BackbonePool, ImageBatch, KeySpec, Metric, SetMetric, build_metrics
+from sdcallbacks.metrics import BackbonePool, ImageBatch, KeySpec, Metric, build_metrics
 from sdcallbacks.metrics.loss import ValidationLoss
 from sdcallbacks.outputs.writer import OutputWriter
-from sdcallbacks.prompts.library import ImageJob, expand_jobs, load_prompts
+from sdcallbacks.prompts.library import expand_jobs, load_prompts
 from sdcallbacks.sampling.pipeline import TrainingModules
 from sdcallbacks.sampling.rng import isolated_rng
 from sdcallbacks.sampling.sampler import ValidationSampler, _has_adapters
@@ -239,7 +239,7 @@ class ValidationCallback:
             images = self.sampler.sample(local_jobs, variant=variant)
             sampled = time.perf_counter()
             batch = ImageBatch.of(images, local_jobs)
-            records = self._records(step, variant, local_jobs)
+            records = [ImageRecord.for_job(step, variant, job) for job in local_jobs]
             with isolated_rng():  # evaluators (and their lazy loading) never move training's streams
                 self._score(per_rank, batch, records, step)
             records, images = self._gather(records, images)
@@ -265,42 +265,23 @@ class ValidationCallback:
             logger.error("sdcallbacks: val_loss failed at step %d.\n%s", step, traceback.format_exc())
             return {self.val_loss.name: None}
 
-    @staticmethod
-    def _records(step: int, variant: str, jobs: list[ImageJob]) -> list[ImageRecord]:
-        return [
-            ImageRecord(step, variant, j.prompt.name, j.prompt.index, j.image_index, j.seed, j.prompt.prompt)
-            for j in jobs
-        ]
-
     def _score(
         self, metrics: list[Metric], batch: ImageBatch, records: list[ImageRecord], step: int
     ) -> dict[str, float | None]:
         """Per-image scores go into ``records``; set-level values are returned. A failing metric loses only
-        its own scores."""
-        sets: dict[str, float | None] = {}
-        for metric in metrics:
-            try:
-                scores = metric.score(batch)
-            except Exception:
-                if self.config.on_error == "raise":
-                    raise
-                logger.error(
-                    "sdcallbacks: metric %r failed at step %d; its scores are missing.\n%s",
-                    metric.name,
-                    step,
-                    traceback.format_exc(),
-                )
-                scores = {
-                    key: None if isinstance(metric, SetMetric) else [None] * len(batch)
-                    for key in metric.output_keys()
-                }
-            if isinstance(metric, SetMetric):
-                sets.update(scores)
-                continue
-            for key, values in scores.items():
-                for record, value in zip(records, values):
-                    record.scores[key] = value
-        return sets
+        its own scores (``on_error: warn``)."""
+
+        def on_failure(metric: Metric) -> None:
+            if self.config.on_error == "raise":
+                raise
+            logger.error(
+                "sdcallbacks: metric %r failed at step %d; its scores are missing.\n%s",
+                metric.name,
+                step,
+                traceback.format_exc(),
+            )
+
+        return record_scores(metrics, batch, records, on_failure)
 
     def _gather(self, records: list[ImageRecord], images: list[Image.Image]):
         _, world = self._world

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from sdcallbacks.aggregation.records import ImageRecord, aggregate, set_values
+from sdcallbacks.aggregation.records import ImageRecord, aggregate, record_scores, set_values
 from sdcallbacks.config.loading import ConfigError
 from sdcallbacks.config.metrics import MetricsConfig
-from sdcallbacks.metrics import BackbonePool, ImageBatch, SetMetric, build_metrics
+from sdcallbacks.metrics import BackbonePool, ImageBatch, build_metrics
 from sdcallbacks.metrics.images import ImageFolder
 from sdcallbacks.prompts.library import ImageJob, PromptSpec
 from sdcallbacks.prompts.names import sanitize_name, unique_names
@@ -121,33 +121,16 @@ def score_folder(
     """Per-image records and aggregates for the named metrics (all enabled ones when ``names`` is empty)."""
     metrics_cfg = metrics_config(names, config)
     enabled = metrics_cfg.enabled()
-    if names:
-        unknown = sorted(set(names) - set(enabled))
-        if unknown:
-            raise ConfigError(
-                config, [f"unknown metric(s) {unknown}; known: {sorted(MetricsConfig.model_fields)}"]
-            )
+    if names:  # unknown names were already rejected by the config validation
         enabled = {n: enabled[n] for n in names}
     folder = ImageFolder.read(images, what="images to score")
     jobs = jobs_for_folder(folder, read_prompt_file(prompts) if prompts else {})
     device = metrics_cfg.device or "cpu"
     metrics = build_metrics(enabled, device=device, pool=BackbonePool())
     batch = ImageBatch.of(folder.images, jobs)
-    records = [
-        ImageRecord(0, "score", j.prompt.name, j.prompt.index, j.image_index, j.seed, j.prompt.prompt, str(p))
-        for j, p in zip(jobs, folder.paths)
-    ]
-    sets: dict[str, float | None] = {}
-    specs = {}
-    for metric in metrics:
-        specs.update(metric.key_specs())
-        scores = metric.score(batch)
-        if isinstance(metric, SetMetric):
-            sets.update(scores)
-            continue
-        for key, values in scores.items():
-            for record, value in zip(records, values):
-                record.scores[key] = value
+    records = [ImageRecord.for_job(0, "score", job, str(path)) for job, path in zip(jobs, folder.paths)]
+    sets = record_scores(metrics, batch, records)
+    specs = {key: spec for metric in metrics for key, spec in metric.key_specs().items()}
     values = aggregate(records, specs=specs, prefix="score")
     values.update(set_values(sets, prefix="score"))
     values["score/skipped_files"] = float(len(folder.skipped))

@@ -9,8 +9,9 @@ result is reproducible and training's random draws are untouched.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -18,6 +19,7 @@ from torch import nn
 from sdcallbacks.sampling.rng import isolated_rng
 
 T = TypeVar("T")
+M = TypeVar("M")
 
 
 class FeatureRows(nn.Module):
@@ -27,6 +29,14 @@ class FeatureRows(nn.Module):
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         return rows
+
+
+def on_features(metric_class: Callable[..., M], num_features: int, **kwargs: Any) -> M:
+    """A torchmetrics image metric fed embeddings through :class:`FeatureRows`. Its warning that it "will
+    save all extracted features in buffer" is about images and is silenced: we hand it features."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return metric_class(feature=FeatureRows(num_features), **kwargs)
 
 
 def seeded(seed: int, fn: Callable[[], T]) -> T:

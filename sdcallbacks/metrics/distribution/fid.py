@@ -10,7 +10,7 @@ import logging
 from sdcallbacks.config.metrics import FidConfig
 from sdcallbacks.metrics.backbones.inception import InceptionNet
 from sdcallbacks.metrics.base import ImageBatch, SetMetric
-from sdcallbacks.metrics.distribution.features import FeatureRows
+from sdcallbacks.metrics.distribution.features import on_features
 from sdcallbacks.metrics.registry import register_metric
 
 logger = logging.getLogger("sdcallbacks")
@@ -35,7 +35,7 @@ class Fid(SetMetric):
         if min(len(generated), len(self.references)) < 2:
             logger.warning("sdcallbacks: fid needs at least 2 images on each side")
             return {self.name: None}
-        fid = FrechetInceptionDistance(feature=FeatureRows(generated.shape[1]))
+        fid = on_features(FrechetInceptionDistance, generated.shape[1])
         fid.update(self.references, real=True)
         fid.update(generated, real=False)
         return {self.name: float(fid.compute())}

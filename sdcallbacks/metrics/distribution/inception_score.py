@@ -9,7 +9,7 @@ from typing import ClassVar
 from sdcallbacks.config.metrics import InceptionScoreConfig
 from sdcallbacks.metrics.backbones.inception import InceptionNet
 from sdcallbacks.metrics.base import ImageBatch, SetMetric
-from sdcallbacks.metrics.distribution.features import FeatureRows, seeded
+from sdcallbacks.metrics.distribution.features import on_features, seeded
 from sdcallbacks.metrics.registry import register_metric
 
 
@@ -26,16 +26,10 @@ class InceptionScore(SetMetric):
         self.net = self.pool.get(InceptionNet("logits_unbiased", cfg.weights, self.device, cfg.batch_size))
 
     def compute(self, batch: ImageBatch) -> dict[str, float | None]:
-        import warnings
-
         from torchmetrics.image.inception import InceptionScore as TorchmetricsIS
 
         logits = batch.features.get(self.net)
-        with warnings.catch_warnings():  # "will save all extracted features in buffer": we pass features
-            warnings.simplefilter("ignore", UserWarning)
-            metric = TorchmetricsIS(
-                feature=FeatureRows(logits.shape[1]), splits=min(self.config.splits, len(logits))
-            )
+        metric = on_features(TorchmetricsIS, logits.shape[1], splits=min(self.config.splits, len(logits)))
         metric.update(logits)
         mean, std = seeded(0, metric.compute)
         return {self.name: float(mean), f"{self.name}/std": float(std)}

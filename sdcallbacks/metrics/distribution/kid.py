@@ -11,7 +11,6 @@ negative (the estimator is unbiased).
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import ClassVar
 
 from torchmetrics.image.kid import KernelInceptionDistance
@@ -19,7 +18,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from sdcallbacks.config.metrics import KidConfig
 from sdcallbacks.metrics.backbones.clip import ClipBackbone
 from sdcallbacks.metrics.base import ImageBatch, SetMetric
-from sdcallbacks.metrics.distribution.features import FeatureRows, seeded
+from sdcallbacks.metrics.distribution.features import on_features, seeded
 from sdcallbacks.metrics.registry import register_metric
 
 logger = logging.getLogger("sdcallbacks")
@@ -44,16 +43,15 @@ class Kid(SetMetric):
         if subset_size < 2:
             logger.warning("sdcallbacks: kid needs at least 2 images on each side; got %d", subset_size)
             return {self.name: None, f"{self.name}/std": None}
-        with warnings.catch_warnings():  # "will save all extracted features in buffer": we pass features
-            warnings.simplefilter("ignore", UserWarning)
-            kid = KernelInceptionDistance(
-                feature=FeatureRows(generated.shape[1]),
-                subsets=cfg.subsets,
-                subset_size=subset_size,
-                degree=cfg.degree,
-                gamma=cfg.gamma,
-                coef=cfg.coef,
-            )
+        kid = on_features(
+            KernelInceptionDistance,
+            generated.shape[1],
+            subsets=cfg.subsets,
+            subset_size=subset_size,
+            degree=cfg.degree,
+            gamma=cfg.gamma,
+            coef=cfg.coef,
+        )
         kid.update(self.references, real=True)
         kid.update(generated, real=False)
         mean, std = seeded(cfg.seed, kid.compute)
