@@ -30,20 +30,24 @@ from typing import Any
 import torch
 from PIL import Image
 
+from sdcallbacks.aggregation.composite import ScoreWeight, composite_score
+from sdcallbacks.aggregation.keys import variant_prefix
 from sdcallbacks.aggregation.records import ImageRecord, aggregate, record_scores, set_values
 from sdcallbacks.config.loading import load_config, validate_config
 from sdcallbacks.config.schema import RunConfig
 from sdcallbacks.metrics import BackbonePool, ImageBatch, KeySpec, Metric, build_metrics
 from sdcallbacks.metrics.loss import ValidationLoss
+from sdcallbacks.outputs.grid import prompt_grids
 from sdcallbacks.outputs.writer import OutputWriter
 from sdcallbacks.prompts.library import expand_jobs, load_prompts
 from sdcallbacks.sampling.pipeline import TrainingModules
 from sdcallbacks.sampling.rng import isolated_rng
 from sdcallbacks.sampling.sampler import ValidationSampler, _has_adapters
 from sdcallbacks.sampling.schedule import ValidationSchedule
-from sdcallbacks.selection.checkpoint import BestCheckpoint
-from sdcallbacks.selection.early_stopping import EarlyStopping
-from sdcallbacks.trackers.accelerate_trackers import TrackerLogger
+from sdcallbacks.selection.checks import check_selection, variants
+from sdcallbacks.selection.monitor import Decision, Selection
+from sdcallbacks.trackers import TrackerLogger, ValidationLog
+from sdcallbacks.trackers.logger import flatten
 from sdcallbacks.weights import default_cache_dir
 
 logger = logging.getLogger("sdcallbacks")
@@ -69,7 +73,13 @@ _CONTINUE = Control()
 
 
 class ValidationCallback:
-    def __init__(self, config: RunConfig, accelerator: Any = None, metrics: list[Metric] | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        accelerator: Any = None,
+        metrics: list[Metric] | None = None,
+        register: bool = True,
+    ):
         self.config = config
         self.accelerator = accelerator
         self.prompts = load_prompts(config)
@@ -85,28 +95,22 @@ class ValidationCallback:
         )
         self.val_loss = ValidationLoss(config.metrics.val_loss) if config.metrics.val_loss else None
         self.key_specs: dict[str, KeySpec] = {k: v for m in self.metrics for k, v in m.key_specs().items()}
+        check_selection(config, self.metrics)  # a located config error now, not hours into training
+        self.score_weights = {
+            key: ScoreWeight(
+                term.weight, term.mode == "max" if term.mode else self.key_specs[key].higher_is_better
+            )
+            for key, term in config.score_terms().items()
+        }
         self.writer = OutputWriter(config.output_dir)
-        self.trackers = TrackerLogger(accelerator)
-        self.checkpoint = (
-            BestCheckpoint(
-                config.checkpoint.dirpath or config.output_dir / "checkpoints", config.monitor, config.mode
-            )
-            if config.monitor is not None and config.checkpoint.enabled
-            else None
-        )
-        es = config.early_stopping
-        self.early_stopping = (
-            EarlyStopping(
-                config.monitor,
-                config.mode,
-                es.patience,
-                es.min_delta,
-                es.stopping_threshold,
-                es.divergence_threshold,
-                es.check_finite,
-            )
-            if es is not None and config.monitor is not None
-            else None
+        self.selection = Selection(config)
+        self.trackers = TrackerLogger(
+            accelerator,
+            config.trackers,
+            monitor=config.monitor,
+            mode=config.mode,
+            run_config=flatten(config.model_dump(mode="json")),
+            directory=str(config.output_dir),
         )
         self.modules: TrainingModules | None = None
         self.sampler: ValidationSampler | None = None
@@ -114,6 +118,9 @@ class ValidationCallback:
         self.baseline_sets: dict[str, dict[str, float | None]] = {}
         self.history: list[dict[str, float]] = []
         self.failed_validations = 0
+        if register and accelerator is not None:
+            # accelerator.save_state/load_state then carry the callback's bookkeeping.
+            accelerator.register_for_checkpointing(self)
 
     @classmethod
     def from_config(cls, config: str | Path | dict | RunConfig, accelerator: Any = None, **kwargs: Any):
@@ -167,7 +174,8 @@ class ValidationCallback:
             mixed_precision=mixed,
         )
         self.schedule.start(global_step, steps_per_epoch)
-        if self.config.sampling.baseline and not self.baseline:
+        # The main process's view decides (a resumed run restores the baseline there), so all agree.
+        if self.config.sampling.baseline and not self._broadcast(bool(self.baseline)):
             return self.validate(global_step, baseline=True)
         return _CONTINUE
 
@@ -192,10 +200,18 @@ class ValidationCallback:
         return "base" if "base" in self.baseline else "model"
 
     def on_train_end(self, global_step: int | None = None) -> Control:
-        """Validate the final step unless it already was (``schedule.validate_at_end``)."""
+        """Validate the final step unless it already was (``schedule.validate_at_end``); then, with
+        ``early_stopping.restore_best_at_end``, load the best checkpoint back into the model (every
+        process). All processes must call it."""
+        control = _CONTINUE
         if global_step is not None and self.schedule.is_due_at_end(global_step):
-            return self.validate(global_step)
-        return _CONTINUE
+            control = self.validate(global_step)
+        best = self._broadcast(self.selection.best_model_path)
+        if self.selection.restore_best_at_end and best is not None and self.modules is not None:
+            self.selection.restore_best(self.modules, best)
+        self.trackers.set_summary(self.selection.summary())
+        self.trackers.finish()
+        return control
 
     # -- one validation --------------------------------------------------------------------------
 
@@ -206,7 +222,7 @@ class ValidationCallback:
                 if self.modules is not None and any(map(_has_adapters, self.modules.torch_modules()))
                 else ["model"]
             )
-        return {"none": ["model"], "ema": ["ema"], "both": ["model", "ema"]}[self.config.sampling.ema]
+        return variants(self.config)
 
     def validate(self, global_step: int, baseline: bool = False) -> Control:
         """Run one validation now (all ranks must call it together)."""
@@ -214,7 +230,7 @@ class ValidationCallback:
             raise RuntimeError("call on_train_start(...) before validating")
         self.schedule.mark_done(global_step)
         try:
-            stop = self._validate(global_step, baseline)
+            decision = self._validate(global_step, baseline)
         except Exception:
             if self.config.on_error == "raise":
                 raise
@@ -225,15 +241,15 @@ class ValidationCallback:
                 traceback.format_exc(),
             )
             return Control(should_validate=True)
-        return Control(should_validate=True, should_stop=stop, should_save=False)
+        return Control(should_validate=True, should_stop=decision.stop, should_save=decision.new_best)
 
-    def _validate(self, step: int, baseline: bool) -> bool:
+    def _validate(self, step: int, baseline: bool) -> Decision:
         rank, world = self._world
         local_jobs = self.jobs[rank::world]  # strided split: no padding duplicates
         # Metrics whose score depends on other images (diversity, KID) run once on all gathered images.
         per_rank = [m for m in self.metrics if not m.needs_all_images]
         on_all = [m for m in self.metrics if m.needs_all_images]
-        stop = False
+        decision = Decision()
         for variant in self._variants(baseline):
             started = time.perf_counter()
             images = self.sampler.sample(local_jobs, variant=variant)
@@ -249,8 +265,11 @@ class ValidationCallback:
                     sets = self._score(on_all, full, records, step)
                 sets.update(self._loss(variant, step))
                 timings = {"sampling_s": sampled - started, "scoring_s": time.perf_counter() - sampled}
-                stop = self._report(step, variant, records, sets, images, timings, baseline) or stop
-        return self._broadcast(stop)
+                values = self._report(step, variant, records, sets, images, timings, baseline)
+                if not baseline and variant == self._variants(False)[0]:
+                    decision = self._decide(step, values)
+        # Decided once, on the main process; every process gets the same answer (a collective on all).
+        return self._broadcast(decision)
 
     def _loss(self, variant: str, step: int) -> dict[str, float | None]:
         """``val_loss`` of one variant's weights (main process; it needs no collective)."""
@@ -294,13 +313,14 @@ class ValidationCallback:
             records, images = [p[0] for p in pairs], [p[1] for p in pairs]
         return records, images
 
-    def _broadcast(self, stop: bool) -> bool:
+    def _broadcast(self, value: Any) -> Any:
+        """The main process's ``value`` on every process (all must call it)."""
         _, world = self._world
         if world > 1:
             from accelerate.utils import broadcast_object_list
 
-            stop = broadcast_object_list([stop], from_process=0)[0]
-        return stop
+            value = broadcast_object_list([value], from_process=0)[0]
+        return value
 
     def _report(
         self,
@@ -311,75 +331,92 @@ class ValidationCallback:
         images: list[Image.Image],
         timings: dict[str, float],
         baseline: bool,
-    ) -> bool:
-        jobs = self.jobs  # prompt-major, the order gathered records are sorted into
+    ) -> dict[str, float]:
+        """Local files, aggregates and trackers for one variant (main process); returns the aggregates."""
         label = "base" if baseline else variant
-        paths = self.writer.write_images(step, label, jobs, images)
-        grid = self.writer.write_grid(step, label, jobs, images)
-        for record, path in zip(records, paths):
-            record.image_path = str(path)
-            self.writer.append_image_record(record)
+        self._write_files(step, label, records, images)
         if baseline:
             self.baseline[variant] = records
             self.baseline_sets[variant] = sets
-        prefix = "val" if variant in ("model", "base") else f"val/{variant}"
+        values = self._aggregate(records, sets, variant, baseline)
+        prefix = variant_prefix(variant)
+        values.update({f"{prefix}/time/{k}": v for k, v in timings.items()})
+        self.writer.append_aggregate(step, label, values, baseline=baseline)
+        self.history.append({"step": float(step), **values})
+        self.trackers.log_validation(
+            ValidationLog(
+                step=step,
+                prefix=prefix,
+                scalars=values,
+                prompt_grids=prompt_grids(self.jobs, images) if self.config.trackers.images else {},
+                records=records,
+                images=images,
+                score_keys=sorted(self.key_specs)
+                if any(not m.needs_all_images for m in self.metrics)
+                else [],
+            )
+        )
+        return values
+
+    def _write_files(
+        self, step: int, label: str, records: list[ImageRecord], images: list[Image.Image]
+    ) -> None:
+        # Gathered records are sorted prompt-major, the order of self.jobs.
+        paths = self.writer.write_images(step, label, self.jobs, images)
+        self.writer.write_grid(step, label, self.jobs, images)
+        for record, path in zip(records, paths):
+            record.image_path = str(path)
+            self.writer.append_image_record(record)
+
+    def _aggregate(
+        self, records: list[ImageRecord], sets: dict[str, float | None], variant: str, baseline: bool
+    ) -> dict[str, float]:
+        """Aggregates, paired deltas against the baseline, and the composite score."""
+        prefix = variant_prefix(variant)
         reference_variant = self._reference_variant()
         reference = None if baseline else self.baseline.get(reference_variant)
         reference_sets = None if baseline else self.baseline_sets.get(reference_variant)
         values = aggregate(records, reference, prefix=prefix, specs=self.key_specs)
         values.update(set_values(sets, reference_sets, prefix=prefix))
-        values.update({f"{prefix}/time/{k}": v for k, v in timings.items()})
-        self.writer.append_aggregate(step, label, values, baseline=baseline)
-        self.trackers.log_scalars(values, step)
-        self.trackers.log_images({f"{prefix}/grid": grid}, step)
-        self.history.append({"step": float(step), **values})
-        if baseline or variant != self._variants(False)[0]:
-            return False
-        return self._decide(step, values)
+        if self.score_weights:
+            score = composite_score(records, records if baseline else reference or [], self.score_weights)
+            values.update({f"{prefix}/{k}": v for k, v in score.items()})
+        return values
 
-    def _decide(self, step: int, values: dict[str, float]) -> bool:
-        monitor = self.config.monitor
-        if monitor is None:
-            return False
-        if monitor not in values:
-            raise KeyError(f"monitor {monitor!r} was not logged; available keys: {sorted(values)}")
-        score = values[monitor]
-        if self.checkpoint is not None and self.checkpoint.update(score, step, self.modules):
-            logger.info(
-                "sdcallbacks: new best %s = %.4f at step %d -> %s",
-                monitor,
-                score,
-                step,
-                self.checkpoint.best_model_path,
+    def _decide(self, step: int, values: dict[str, float]) -> Decision:
+        decision = self.selection.decide(step, values, self.modules)
+        self.trackers.set_summary(self.selection.summary())
+        if decision.new_best and decision.best_model_path:
+            self.trackers.log_checkpoint(
+                decision.best_model_path, step, self.selection.best_model_score, self.config.monitor
             )
-        if self.early_stopping is not None and self.early_stopping.check(score):
-            logger.warning(
-                "sdcallbacks: early stop at step %d: %s", step, self.early_stopping.stopping_message
-            )
-            return True
-        return False
+        return decision
 
     # -- resume ----------------------------------------------------------------------------------
 
     @property
     def best_score(self) -> float | None:
-        return self.checkpoint.best_model_score if self.checkpoint else None
+        return self.selection.best_model_score
 
     @property
     def best_step(self) -> int | None:
-        return self.checkpoint.best_step if self.checkpoint else None
+        return self.selection.best_step
 
     @property
     def best_model_path(self) -> str | None:
-        return self.checkpoint.best_model_path if self.checkpoint else None
+        return self.selection.best_model_path
+
+    @property
+    def stopping_reason(self) -> str:
+        return self.selection.stopping_reason
 
     def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue as if it had not stopped (plain Python values)."""
         return {
             "schedule": self.schedule.state_dict(),
             "baseline": {k: [r.__dict__ for r in v] for k, v in self.baseline.items()},
             "baseline_sets": self.baseline_sets,
-            "checkpoint": self.checkpoint.state_dict() if self.checkpoint else None,
-            "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
+            "selection": self.selection.state_dict(),
             "failed_validations": self.failed_validations,
         }
 
@@ -387,8 +424,5 @@ class ValidationCallback:
         self.schedule.load_state_dict(state["schedule"])
         self.baseline = {k: [ImageRecord(**r) for r in v] for k, v in state["baseline"].items()}
         self.baseline_sets = state.get("baseline_sets", {})
-        if self.checkpoint and state["checkpoint"]:
-            self.checkpoint.load_state_dict(state["checkpoint"])
-        if self.early_stopping and state["early_stopping"]:
-            self.early_stopping.load_state_dict(state["early_stopping"])
+        self.selection.load_state_dict(state["selection"])
         self.failed_validations = state["failed_validations"]

@@ -26,10 +26,13 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from sdcallbacks.config.loading import load_config
+    from sdcallbacks.metrics import build_metrics
     from sdcallbacks.prompts.library import expand_jobs, load_prompts
+    from sdcallbacks.selection.checks import check_selection
 
     config = load_config(args.config)
     prompts = load_prompts(config)
+    check_selection(config, build_metrics(config.metrics.enabled()))  # builds only; nothing loads
     print(
         f"{args.config}: OK, {len(prompts)} prompts, {len(expand_jobs(prompts))} images per validation, "
         f"metrics: {', '.join(config.metrics.enabled()) or 'none'}"

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from sdcallbacks import ValidationCallback
-from sdcallbacks.config import MetricConfig
+from sdcallbacks.config import ConfigError, MetricConfig
 from sdcallbacks.metrics.base import ImageMetric
 from sdcallbacks.outputs import read_metrics
 from sdcallbacks.testing.accelerator import AcceleratorStub
@@ -130,11 +130,24 @@ def test_failing_validation_keeps_training_alive_and_earlier_records(
         strict.on_step_end(2)
 
 
-def test_missing_monitor_lists_available_keys(tmp_path, tagger_dir, tiny_modules, caplog):
-    cb = ValidationCallback.from_config(config(tmp_path, tagger_dir, monitor="val/nope", on_error="raise"))
+def test_monitor_no_metric_logs_is_a_config_error_before_training(tmp_path, tagger_dir):
+    with pytest.raises(ConfigError, match=r"monitor: no enabled metric logs 'val/nope'.*val/tag_accuracy/mean"):
+        ValidationCallback.from_config(config(tmp_path, tagger_dir, monitor="val/nope"))
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_monitor_missing_at_run_time_strict_or_warned(tmp_path, tagger_dir, tiny_modules, caplog, strict):
+    cfg = config(tmp_path, tagger_dir, early_stopping={"patience": 1, "strict": strict})
+    cb = ValidationCallback.from_config(cfg)
     start(cb, tiny_modules)
-    with pytest.raises(KeyError, match=r"available keys:.*val/tag_accuracy/mean"):
-        cb.on_step_end(2)
+    cb.metrics[0].compute = lambda batch: (_ for _ in ()).throw(RuntimeError("tagger down"))
+    with caplog.at_level(logging.WARNING, logger="sdcallbacks"):
+        control = cb.on_step_end(2)
+    assert not control.should_stop and "val/tag_accuracy/skipped" in caplog.text
+    assert cb.selection.early_stopping.wait_count == 0  # no check happened: patience not spent
+    assert cb.failed_validations == (1 if strict else 0)
+    if strict:
+        assert "monitor 'val/tag_accuracy/mean' was not logged at step 2; logged keys:" in caplog.text
 
 
 def test_state_dict_round_trip_resumes_bookkeeping(tmp_path, tagger_dir, tiny_modules):
@@ -156,7 +169,7 @@ def test_state_dict_round_trip_resumes_bookkeeping(tmp_path, tagger_dir, tiny_mo
     assert not control.should_validate  # the baseline is not redone
     assert not resumed.on_step_end(2).should_validate  # nor the resume step
     assert resumed.best_step == cb.best_step and resumed.best_score == cb.best_score
-    assert resumed.early_stopping.state_dict() == cb.early_stopping.state_dict()
+    assert resumed.selection.state_dict() == cb.selection.state_dict()
     assert resumed.on_step_end(4).should_validate
 
 

@@ -70,6 +70,7 @@ def validate_config(data: dict[str, Any], path: Path | None = None) -> RunConfig
     except ValidationError as err:
         raise ConfigError(path, format_validation_error(err)) from None
     if path is not None:
+        config._source = path
         base = path.resolve().parent
         config.prompt_files = [p if p.is_absolute() else base / p for p in config.prompt_files]
         resolve_metric_paths(config.metrics, base)

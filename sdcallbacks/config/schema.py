@@ -9,7 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from sdcallbacks.config.metrics import MetricsConfig
 
@@ -84,24 +93,62 @@ class ScheduleConfig(_Strict):
 
 
 class CheckpointConfig(_Strict):
-    """Keeps the weights of the best validation (LoRA in diffusers format, else the UNet)."""
+    """Lightning ``ModelCheckpoint`` semantics on ``monitor``: the ``save_top_k`` best validations are kept
+    (LoRA in diffusers format, else the UNet); strictly better only, NaN never best."""
 
     enabled: bool = True
     dirpath: Path | None = Field(None, description="Default: <output_dir>/checkpoints.")
+    save_top_k: int = Field(1, ge=-1, description="Best validations kept on disk: 0 none, -1 all.")
+    save_last: bool = Field(False, description="Also keep the weights of the latest validation in last/.")
 
 
 class EarlyStoppingConfig(_Strict):
-    """Lightning ``EarlyStopping`` semantics; ``patience`` counts validations."""
+    """Lightning ``EarlyStopping`` semantics on ``monitor``; ``patience`` counts validations."""
 
     patience: int = Field(3, ge=0)
     min_delta: float = Field(0.0, ge=0.0)
     stopping_threshold: float | None = None
     divergence_threshold: float | None = None
     check_finite: bool = True
+    strict: bool = Field(
+        True, description="A validation without the monitored key is an error (else a warning, no check)."
+    )
+    restore_best_at_end: bool = Field(
+        False, description="Load the best checkpoint's weights back into the model in on_train_end."
+    )
+
+
+class ScoreTerm(_Strict):
+    """One metric key in the composite ``val/score``."""
+
+    weight: float = Field(1.0, gt=0.0)
+    mode: Literal["min", "max"] | None = Field(None, description="Default: the metric's own direction.")
+
+
+class WandbConfig(_Strict):
+    """Weights & Biases. The run is the accelerator's ``wandb`` tracker when there is one; otherwise the
+    callback creates one only if ``create_run`` is set."""
+
+    create_run: bool = False
+    project: str = "sdcallbacks"
+    entity: str | None = None
+    name: str | None = None
+    mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="Default: $WANDB_MODE, else online."
+    )
+    table: bool = Field(True, description="Log a wandb.Table of every image and its scores per validation.")
+    log_best_checkpoint: bool = Field(False, description="Upload each new best checkpoint (alias 'best').")
+
+
+class TrackersConfig(_Strict):
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    images: bool = Field(True, description="Log one image grid per prompt per validation.")
 
 
 class RunConfig(_Strict):
     """Everything the callback needs; loaded with :func:`sdcallbacks.config.load_config`."""
+
+    _source: Path | None = PrivateAttr(None)  # the file it was read from, for located errors
 
     output_dir: Path = Path("sdcallbacks_outputs")
     seed: int = 0
@@ -115,8 +162,13 @@ class RunConfig(_Strict):
         None, description="Logged key that decides the best step, e.g. val/tag_accuracy/mean."
     )
     mode: Literal["min", "max"] = "max"
+    score: dict[str, PositiveFloat | ScoreTerm] = Field(
+        default_factory=dict,
+        description="Composite val/score: metric key -> weight or {weight, mode}; z-scores vs the baseline.",
+    )
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig | None = None
+    trackers: TrackersConfig = Field(default_factory=TrackersConfig)
     on_error: Literal["warn", "raise"] = "warn"
 
     @model_validator(mode="after")
@@ -125,4 +177,26 @@ class RunConfig(_Strict):
             raise ValueError("no validation prompts: set prompts or prompt_files")
         if self.early_stopping is not None and self.monitor is None:
             raise ValueError("early_stopping needs monitor")
+        if self.score and not self.sampling.baseline:
+            raise ValueError(
+                "score standardises against the baseline validation: set sampling.baseline: true"
+            )
+        es = self.early_stopping
+        if (
+            es is not None
+            and es.restore_best_at_end
+            and not (self.checkpoint.enabled and self.checkpoint.save_top_k)
+        ):
+            raise ValueError(
+                "early_stopping.restore_best_at_end loads the best checkpoint: it needs "
+                "checkpoint.enabled and save_top_k != 0"
+            )
         return self
+
+    @property
+    def source(self) -> Path | None:
+        """The config file this was loaded from, if any."""
+        return self._source
+
+    def score_terms(self) -> dict[str, ScoreTerm]:
+        return {k: v if isinstance(v, ScoreTerm) else ScoreTerm(weight=v) for k, v in self.score.items()}

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
+
+if TYPE_CHECKING:
+    from sdcallbacks.prompts.library import ImageJob
 
 CAPTION_LINES = 2
 
@@ -55,3 +60,24 @@ def make_grid(
                 draw.text((x + 4, y + cell_h + 1), labels[col], fill=(60, 60, 60), font=font)
         y += cell_h + label_h
     return grid
+
+
+def prompt_rows(
+    jobs: Sequence[ImageJob], images: Sequence[Image.Image]
+) -> dict[str, tuple[str, list[Image.Image], list[str]]]:
+    """By prompt name, in prompt order: (caption, the prompt's images, "seed N" labels)."""
+    rows: dict[str, tuple[str, list[Image.Image], list[str]]] = {}
+    for job, image in sorted(zip(jobs, images), key=lambda pair: pair[0].prompt.index):
+        caption = f"{job.prompt.name}: {job.prompt.prompt}"
+        entry = rows.setdefault(job.prompt.name, (caption, [], []))
+        entry[1].append(image)
+        entry[2].append(f"seed {job.seed}")
+    return rows
+
+
+def prompt_grids(jobs: Sequence[ImageJob], images: Sequence[Image.Image]) -> dict[str, Image.Image]:
+    """One captioned single-row grid per prompt (its seeds), by prompt name."""
+    return {
+        name: make_grid([row], [caption], [labels])
+        for name, (caption, row, labels) in prompt_rows(jobs, images).items()
+    }

@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from sdcallbacks.aggregation.records import ImageRecord
-from sdcallbacks.outputs.grid import make_grid
+from sdcallbacks.outputs.grid import make_grid, prompt_rows
 from sdcallbacks.prompts.library import ImageJob
 
 
@@ -61,12 +61,7 @@ class OutputWriter:
         self, step: int, variant: str, jobs: list[ImageJob], images: list[Image.Image]
     ) -> Image.Image:
         """Save ``grid.png`` for this validation and return the grid."""
-        prompts: dict[int, tuple[str, list[Image.Image], list[str]]] = {}
-        for job, image in zip(jobs, images):
-            entry = prompts.setdefault(job.prompt.index, (f"{job.prompt.name}: {job.prompt.prompt}", [], []))
-            entry[1].append(image)
-            entry[2].append(f"seed {job.seed}")
-        rows = list(prompts.values())
+        rows = list(prompt_rows(jobs, images).values())
         grid = make_grid([r[1] for r in rows], [r[0] for r in rows], [r[2] for r in rows])
         path = self.folder_for(step, variant) / "grid.png"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,18 @@
-"""Keeps the weights of the best validation so far (Lightning ``ModelCheckpoint`` with ``save_top_k=1``).
+"""Keeps the weights of the best validations (Lightning ``ModelCheckpoint`` semantics).
 
-A score becomes the best only if it is strictly better than the current best; NaN is never best.
-A LoRA is saved in diffusers format (``pytorch_lora_weights.safetensors``, loadable with
-``pipe.load_lora_weights(path)``) from a detached CPU copy, since peft's state dicts alias the live
-parameters; a full fine-tune saves the UNet with ``save_pretrained``. Each save goes to a temporary
-folder that is renamed into place, and the previous best is deleted afterwards.
+* ``save_top_k``: the ``k`` best validations by ``monitor`` stay on disk (``1`` by default, ``0`` none,
+  ``-1`` all). A validation enters the top k while fewer than ``k`` are kept, or when it is **strictly**
+  better than the worst kept one (no ``min_delta``), which is then deleted.
+* NaN is never best and never enters a top ``k`` (with ``-1`` it is kept, as every validation is, but is
+  never ``best_model_path``). Lightning keeps a NaN while fewer than ``k`` are stored; here it is not.
+* ``save_last``: the latest validation's weights are also kept in ``last/``, replaced each time.
+* Each folder is written to a temporary folder first and renamed into place, so a crash mid-write never
+  leaves a half-written checkpoint under a final name.
+
+Folders: ``<dirpath>/step_<step>`` and ``<dirpath>/last``; what is inside is
+:func:`~sdcallbacks.selection.snapshots.save_weights`'s (a LoRA in diffusers format, else the UNet).
+Exposes ``best_model_path``, ``best_model_score``, ``best_step``, ``best_k_models`` and
+``last_model_path``; ``state_dict()`` round-trips all of it for resume.
 """
 
 from __future__ import annotations
@@ -16,88 +24,122 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
+from sdcallbacks.sampling.pipeline import TrainingModules
+from sdcallbacks.selection.snapshots import save_weights
 
-from sdcallbacks.sampling.pipeline import TrainingModules, unwrap
+
+def _atomic_write(modules: TrainingModules, final: Path) -> None:
+    staging = final.parent / f".tmp-{uuid.uuid4().hex}"
+    previous = final.parent / f".old-{uuid.uuid4().hex}"
+    try:
+        save_weights(modules, staging)
+        if final.exists():
+            os.replace(final, previous)  # a folder cannot be renamed over a non-empty one
+        os.replace(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
 
 
-def lora_state_dicts(modules: TrainingModules) -> dict[str, dict[str, torch.Tensor]]:
-    """Detached CPU copies of the LoRA layers in diffusers format, by ``save_lora_weights`` argument."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    out = {}
-    for argument, module in (
-        ("unet_lora_layers", modules.unet),
-        ("text_encoder_lora_layers", modules.text_encoder),
+class ModelCheckpoint:
+    def __init__(
+        self,
+        dirpath: Path | str,
+        monitor: str,
+        mode: Literal["min", "max"] = "max",
+        save_top_k: int = 1,
+        save_last: bool = False,
     ):
-        module = unwrap(module)
-        if module is not None and getattr(module, "peft_config", None):
-            state = get_peft_model_state_dict(module)
-            out[argument] = {
-                k: v.detach().to("cpu", copy=True) for k, v in convert_state_dict_to_diffusers(state).items()
-            }
-    return out
-
-
-def save_weights(modules: TrainingModules, folder: Path) -> None:
-    """Write the trained weights into ``folder`` (LoRA if adapters are present, else the full UNet)."""
-    layers = lora_state_dicts(modules)
-    if layers:
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-        pipeline_cls = StableDiffusionXLPipeline if modules.is_sdxl else StableDiffusionPipeline
-        pipeline_cls.save_lora_weights(folder, safe_serialization=True, **layers)
-    else:
-        unwrap(modules.unet).save_pretrained(folder / "unet", safe_serialization=True)
-
-
-class BestCheckpoint:
-    def __init__(self, dirpath: Path, monitor: str, mode: Literal["min", "max"] = "max"):
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        if save_top_k < -1:
+            raise ValueError(f"save_top_k must be >= -1, got {save_top_k}")
         self.dirpath = Path(dirpath)
         self.monitor = monitor
         self.mode = mode
+        self.save_top_k = save_top_k
+        self.save_last = save_last
+        self.best_k_models: dict[str, float] = {}  # path -> score
+        self.steps: dict[str, int] = {}  # path -> step
         self.best_model_path: str | None = None
-        self.best_model_score: float | None = None
-        self.best_step: int | None = None
+        self.last_model_path: str | None = None
 
-    def is_improvement(self, score: float) -> bool:
-        if score is None or math.isnan(score):
+    def _better(self, a: float, b: float) -> bool:
+        if math.isnan(a):
             return False
-        if self.best_model_score is None:
+        if math.isnan(b):
             return True
-        return score < self.best_model_score if self.mode == "min" else score > self.best_model_score
+        return a < b if self.mode == "min" else a > b
+
+    @property
+    def best_model_score(self) -> float | None:
+        return self.best_k_models.get(self.best_model_path) if self.best_model_path else None
+
+    @property
+    def best_step(self) -> int | None:
+        return self.steps.get(self.best_model_path) if self.best_model_path else None
+
+    @property
+    def kth_best_model_path(self) -> str | None:
+        """The worst of the kept checkpoints (the one a better validation replaces)."""
+        if not self.best_k_models:
+            return None
+        worst = None
+        for path, score in self.best_k_models.items():
+            if worst is None or self._better(self.best_k_models[worst], score):
+                worst = path
+        return worst
+
+    def _enters_top_k(self, score: float) -> bool:
+        if self.save_top_k == -1:
+            return True
+        if self.save_top_k == 0 or math.isnan(score):
+            return False
+        if len(self.best_k_models) < self.save_top_k:
+            return True
+        return self._better(score, self.best_k_models[self.kth_best_model_path])
 
     def update(self, score: float, step: int, modules: TrainingModules) -> bool:
-        """Save the current weights if ``score`` is a new best; return whether it was."""
-        if not self.is_improvement(score):
-            return False
-        self.dirpath.mkdir(parents=True, exist_ok=True)
-        final = self.dirpath / f"best-step_{step:07d}"
-        staging = self.dirpath / f".tmp-{uuid.uuid4().hex}"
-        try:
-            save_weights(modules, staging)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(staging, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        previous = self.best_model_path
-        self.best_model_path, self.best_model_score, self.best_step = str(final), float(score), step
-        if previous and Path(previous) != final:
-            shutil.rmtree(previous, ignore_errors=True)
-        return True
+        """Record one validation's ``score`` at ``step``; save what the settings ask for. Returns whether it
+        became the new best."""
+        score = float(score)
+        was_best = self.best_model_path
+        if self._enters_top_k(score):
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            path = self.dirpath / f"step_{step:07d}"
+            _atomic_write(modules, path)
+            self.best_k_models[str(path)] = score
+            self.steps[str(path)] = step
+            if self.save_top_k > 0 and len(self.best_k_models) > self.save_top_k:
+                self._delete(self.kth_best_model_path)
+            finite = [p for p, s in self.best_k_models.items() if not math.isnan(s)]
+            self.best_model_path = None
+            for p in finite:
+                if self.best_model_path is None or self._better(self.best_k_models[p], self.best_model_score):
+                    self.best_model_path = p
+        if self.save_last:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            _atomic_write(modules, self.dirpath / "last")
+            self.last_model_path = str(self.dirpath / "last")
+        return self.best_model_path is not None and self.best_model_path != was_best
+
+    def _delete(self, path: str | None) -> None:
+        if path is None:
+            return
+        self.best_k_models.pop(path, None)
+        self.steps.pop(path, None)
+        shutil.rmtree(path, ignore_errors=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "best_k_models": dict(self.best_k_models),
+            "steps": dict(self.steps),
             "best_model_path": self.best_model_path,
-            "best_model_score": self.best_model_score,
-            "best_step": self.best_step,
+            "last_model_path": self.last_model_path,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_k_models = dict(state["best_k_models"])
+        self.steps = dict(state["steps"])
         self.best_model_path = state["best_model_path"]
-        self.best_model_score = state["best_model_score"]
-        self.best_step = state["best_step"]
+        self.last_model_path = state["last_model_path"]

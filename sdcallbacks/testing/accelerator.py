@@ -18,3 +18,7 @@ class AcceleratorStub:
     trackers: list[Any] = field(default_factory=list)
     process_index: int = 0
     num_processes: int = 1
+    registered: list[Any] = field(default_factory=list)
+
+    def register_for_checkpointing(self, *objects: Any) -> None:
+        self.registered.extend(objects)

@@ -1,5 +1,8 @@
-"""Trackers: scalars and images to accelerate's trackers (W&B, TensorBoard, ...)."""
+"""Trackers: each validation to W&B, TensorBoard and every other accelerate tracker."""
 
-from sdcallbacks.trackers.accelerate_trackers import TrackerLogger
+from sdcallbacks.trackers.base import TrackerAdapter, ValidationLog
+from sdcallbacks.trackers.logger import TrackerLogger
+from sdcallbacks.trackers.tensorboard import TensorBoardAdapter
+from sdcallbacks.trackers.wandb import WandbAdapter
 
-__all__ = ["TrackerLogger"]
+__all__ = ["TensorBoardAdapter", "TrackerAdapter", "TrackerLogger", "ValidationLog", "WandbAdapter"]

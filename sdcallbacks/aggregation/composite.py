@@ -1,0 +1,72 @@
+"""The composite ``val/score``: a weighted mean of per-metric scores standardised against the baseline.
+
+For each weighted key ``k`` and each prompt ``p`` the validation's mean is standardised by the baseline
+validation's images of the same prompt, as GhostReview standardises per prompt::
+
+    z[k, p] = sign[k] * (mean_p(now) - mean_p(baseline)) / sd_p(baseline)
+
+``sign`` is +1 where higher is better (the metric's direction, or the configured ``mode``) and -1 otherwise,
+so a larger ``val/score`` is always better. ``sd_p`` is the sample std of the baseline's scores of ``p``;
+where it is zero or undefined (one seed, identical scores) the std over all the baseline's images of ``k``
+is used, and where that is zero too, 1 (the raw difference). ``z[k]`` is the mean over the prompts scored in
+both validations, and ``val/score = sum(w[k] * z[k]) / sum(w[k])``; the baseline scores 0 by construction.
+Each ``z[k]`` is logged as ``val/score/<k>``. If a weighted key has no score in a validation, ``val/score``
+is not logged at all: a mean over the remaining keys would move for reasons other than the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+from sdcallbacks.aggregation.records import ImageRecord
+
+
+@dataclass(frozen=True)
+class ScoreWeight:
+    weight: float
+    higher_is_better: bool
+
+
+def _by_prompt(records: list[ImageRecord], key: str) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = defaultdict(list)
+    for record in records:
+        value = record.scores.get(key)
+        if value is not None and math.isfinite(value):
+            out[record.prompt_name].append(value)
+    return out
+
+
+def _std(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def standardised(records: list[ImageRecord], baseline: list[ImageRecord], key: str) -> float | None:
+    """Mean over prompts of (mean now - mean at baseline) / the baseline's spread, for one key."""
+    now, base = _by_prompt(records, key), _by_prompt(baseline, key)
+    pooled = _std([v for values in base.values() for v in values]) or 1.0
+    z = [
+        (sum(now[p]) / len(now[p]) - sum(base[p]) / len(base[p])) / (_std(base[p]) or pooled)
+        for p in now
+        if p in base
+    ]
+    return sum(z) / len(z) if z else None
+
+
+def composite_score(
+    records: list[ImageRecord], baseline: list[ImageRecord], weights: dict[str, ScoreWeight]
+) -> dict[str, float]:
+    """``{"score": ..., "score/<key>": z}`` (no ``val/`` prefix); no ``score`` if a key is missing."""
+    out: dict[str, float] = {}
+    for key, term in weights.items():
+        z = standardised(records, baseline, key)
+        if z is not None:
+            out[f"score/{key}"] = z if term.higher_is_better else -z
+    if all(f"score/{key}" in out for key in weights) and weights:
+        total = sum(term.weight for term in weights.values())
+        out["score"] = sum(term.weight * out[f"score/{key}"] for key, term in weights.items()) / total
+    return out

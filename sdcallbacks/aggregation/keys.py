@@ -1,0 +1,42 @@
+"""Every key a validation can log, known before training starts (to check ``monitor`` against)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sdcallbacks.metrics.base import Metric, SetMetric
+
+IMAGE_KEY_PARTS = ("mean", "std", "n", "skipped", "ci_low", "ci_high", "delta")
+
+
+def variant_prefix(variant: str) -> str:
+    """``val`` for the trained (or base) weights, ``val/ema`` for the EMA weights."""
+    return "val" if variant in ("model", "base") else f"val/{variant}"
+
+
+def expected_keys(
+    metrics: Iterable[Metric],
+    prompt_names: Iterable[str],
+    variants: Iterable[str] = ("model",),
+    val_loss_keys: Iterable[str] = (),
+    score_keys: Iterable[str] = (),
+) -> list[str]:
+    """Sorted keys of the aggregates (see :mod:`sdcallbacks.aggregation.records`)."""
+    names = list(prompt_names)
+    relative: list[str] = []
+    for metric in metrics:
+        specs = metric.key_specs()
+        for key in metric.output_keys():
+            if isinstance(metric, SetMetric):
+                relative += [key, f"{key}/delta", f"{key}/skipped"]
+                continue
+            relative += [f"{key}/{part}" for part in IMAGE_KEY_PARTS]
+            relative += [f"{key}/prompt/{name}" for name in names]
+            if specs[key].good_threshold is not None:
+                relative.append(f"{key}/good_rate")
+    for key in val_loss_keys:
+        relative += [key, f"{key}/delta", f"{key}/skipped"]
+    if score_keys:
+        relative += ["score", *(f"score/{key}" for key in score_keys)]
+    relative += ["time/sampling_s", "time/scoring_s"]
+    return sorted({f"{variant_prefix(v)}/{key}" for v in variants for key in relative})

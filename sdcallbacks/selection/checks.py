@@ -1,0 +1,83 @@
+"""Checks of the selection settings against the enabled metrics, before training starts.
+
+Pydantic validates each field on its own; these need the metrics: a ``monitor`` that no enabled metric
+logs, ``score`` weights for metrics that are not enabled (or that have no per-image spread to standardise),
+and output folders that cannot be written. Each problem names its key, so the error reads like the
+other config errors.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sdcallbacks.aggregation.keys import expected_keys
+from sdcallbacks.config.loading import ConfigError
+from sdcallbacks.config.schema import RunConfig
+from sdcallbacks.metrics.base import Metric, SetMetric
+from sdcallbacks.prompts.library import load_prompts
+
+
+def variants(config: RunConfig) -> list[str]:
+    return {"none": ["model"], "ema": ["ema"], "both": ["model", "ema"]}[config.sampling.ema]
+
+
+def val_loss_keys(config: RunConfig) -> list[str]:
+    loss = config.metrics.val_loss
+    if loss is None:
+        return []
+    return ["val_loss", *(f"val_loss/t{t}" for t in loss.timesteps)]
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` (a folder, maybe not there yet) cannot be written, without creating anything."""
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"no write permission on {existing}"
+    return None
+
+
+def selection_problems(config: RunConfig, metrics: list[Metric]) -> list[str]:
+    problems = []
+    by_key = {key: metric for metric in metrics for key in metric.output_keys()}
+    for key in config.score:
+        metric = by_key.get(key)
+        if metric is None:
+            problems.append(
+                f"score.{key}: no enabled metric logs {key!r}; enabled metric keys: {sorted(by_key)}"
+            )
+        elif isinstance(metric, SetMetric):
+            problems.append(
+                f"score.{key}: {key!r} is one value per validation (no per-image spread to standardise "
+                "against); monitor it directly instead"
+            )
+    if config.monitor is not None:
+        names = [p.name for p in load_prompts(config)]
+        keys = expected_keys(metrics, names, variants(config), val_loss_keys(config), list(config.score))
+        if config.monitor not in keys:
+            spread = ("std", "n", "skipped", "ci_low", "ci_high")
+            main = [k for k in keys if "/prompt/" not in k and k.rsplit("/", 1)[-1] not in spread]
+            problems.append(
+                f"monitor: no enabled metric logs {config.monitor!r}; keys a validation logs: {main} "
+                "(and <key>/std, /n, /skipped, /ci_low, /ci_high, /prompt/<name>)"
+            )
+    folders = {"output_dir": config.output_dir}
+    if config.monitor is not None and config.checkpoint.enabled:
+        folders["checkpoint.dirpath"] = config.checkpoint.dirpath or config.output_dir / "checkpoints"
+    for key, folder in folders.items():
+        why = _unwritable(folder)
+        if why:
+            problems.append(f"{key}: cannot write to {folder}: {why}")
+    return problems
+
+
+def check_selection(config: RunConfig, metrics: list[Metric]) -> None:
+    """Raise a :class:`ConfigError` naming the config file and keys, if anything is wrong."""
+    problems = selection_problems(config, metrics)
+    if problems:
+        raise ConfigError(config.source, problems)

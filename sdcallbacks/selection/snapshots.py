@@ -1,0 +1,96 @@
+"""Writing the trained weights to a folder and loading them back into the live modules.
+
+A LoRA is written in diffusers format (``pytorch_lora_weights.safetensors``, loadable with
+``pipe.load_lora_weights(folder)``) from detached CPU copies: peft's state dicts alias the live parameters,
+so an un-copied snapshot would follow training. A full fine-tune writes the UNet with ``save_pretrained``.
+Never a pipeline ``save_pretrained``: with an injected adapter it writes ``base_layer`` keys that no
+loader reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sdcallbacks.sampling.pipeline import TrainingModules, unwrap
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+# save_lora_weights argument -> (TrainingModules attribute, key prefix in the file)
+_LORA_PARTS = {
+    "unet_lora_layers": ("unet", "unet"),
+    "text_encoder_lora_layers": ("text_encoder", "text_encoder"),
+    "text_encoder_2_lora_layers": ("text_encoder_2", "text_encoder_2"),
+}
+
+
+def _adapted(modules: TrainingModules, attribute: str) -> torch.nn.Module | None:
+    module = unwrap(getattr(modules, attribute))
+    return module if module is not None and getattr(module, "peft_config", None) else None
+
+
+def lora_state_dicts(modules: TrainingModules) -> dict[str, dict[str, torch.Tensor]]:
+    """Detached CPU copies of the LoRA layers in diffusers format, by ``save_lora_weights`` argument."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    out = {}
+    for argument, (attribute, _) in _LORA_PARTS.items():
+        if argument == "text_encoder_2_lora_layers" and not modules.is_sdxl:
+            continue
+        module = _adapted(modules, attribute)
+        if module is not None:
+            state = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
+            out[argument] = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+    return out
+
+
+def save_weights(modules: TrainingModules, folder: Path) -> None:
+    """Write the trained weights into ``folder`` (LoRA if adapters are present, else the full UNet)."""
+    layers = lora_state_dicts(modules)
+    if layers:
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        pipeline_cls = StableDiffusionXLPipeline if modules.is_sdxl else StableDiffusionPipeline
+        pipeline_cls.save_lora_weights(folder, safe_serialization=True, **layers)
+    else:
+        unwrap(modules.unet).save_pretrained(folder / "unet", safe_serialization=True)
+
+
+def load_weights(modules: TrainingModules, folder: Path) -> None:
+    """Load weights written by :func:`save_weights` back into the live modules, in place (dtypes and
+    devices of the live parameters are kept)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if (folder / LORA_FILE).is_file():
+        from diffusers.utils import convert_state_dict_to_peft, convert_unet_state_dict_to_peft
+        from peft import set_peft_model_state_dict
+
+        state = load_file(folder / LORA_FILE)
+        for attribute, prefix in _LORA_PARTS.values():
+            part = {k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")}
+            if not part:
+                continue
+            module = _adapted(modules, attribute)
+            if module is None:
+                raise ValueError(
+                    f"{folder / LORA_FILE} has {prefix} LoRA weights but {attribute} has no adapter"
+                )
+            convert = convert_unet_state_dict_to_peft if attribute == "unet" else convert_state_dict_to_peft
+            result = set_peft_model_state_dict(module, convert(part))
+            if result.unexpected_keys:
+                raise ValueError(
+                    f"{folder / LORA_FILE}: keys that {attribute}'s adapter does not have, e.g. "
+                    f"{result.unexpected_keys[:3]}"
+                )
+        return
+    shards = sorted((folder / "unet").glob("diffusion_pytorch_model*.safetensors"))  # one, or sharded
+    if not shards:
+        raise FileNotFoundError(
+            f"{folder}: neither {LORA_FILE} nor unet/diffusion_pytorch_model*.safetensors"
+        )
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        state.update(load_file(shard))
+    unwrap(modules.unet).load_state_dict(state)
