@@ -131,7 +131,9 @@ def test_failing_validation_keeps_training_alive_and_earlier_records(
 
 
 def test_monitor_no_metric_logs_is_a_config_error_before_training(tmp_path, tagger_dir):
-    with pytest.raises(ConfigError, match=r"monitor: no enabled metric logs 'val/nope'.*val/tag_accuracy/mean"):
+    with pytest.raises(
+        ConfigError, match=r"monitor: no enabled metric logs 'val/nope'.*val/tag_accuracy/mean"
+    ):
         ValidationCallback.from_config(config(tmp_path, tagger_dir, monitor="val/nope"))
 
 

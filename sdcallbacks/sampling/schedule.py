@@ -62,7 +62,8 @@ class ValidationSchedule:
         return self.config.validate_at_end and self.last_step is not None and global_step > self.last_step
 
     def mark_done(self, global_step: int) -> None:
-        self.last_step = global_step
+        # A manual validation at an earlier step does not make later steps due again.
+        self.last_step = global_step if self.last_step is None else max(self.last_step, global_step)
         self._last_time = self._clock()
 
     def state_dict(self) -> dict[str, Any]:

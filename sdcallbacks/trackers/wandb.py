@@ -16,6 +16,7 @@ writing the monitored key itself would replace the min/max summary).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 from sdcallbacks.config.schema import WandbConfig
@@ -93,7 +94,8 @@ class WandbAdapter(TrackerAdapter):
 
 
 def create_run(config: WandbConfig, directory: str, run_config: dict[str, Any]) -> Any:
-    """A run of the callback's own, for loops without an accelerate ``wandb`` tracker."""
+    """A run of the callback's own, for loops without an accelerate ``wandb`` tracker. Its files go under
+    ``directory`` (the output folder) unless ``$WANDB_DIR`` says otherwise."""
     import wandb
 
     return wandb.init(
@@ -101,6 +103,6 @@ def create_run(config: WandbConfig, directory: str, run_config: dict[str, Any]) 
         entity=config.entity,
         name=config.name,
         mode=config.mode,
-        dir=directory,
+        dir=None if os.environ.get("WANDB_DIR") else directory,
         config=run_config,
     )

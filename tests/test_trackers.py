@@ -1,0 +1,170 @@
+"""Trackers: a W&B offline run read back from its .wandb file, TensorBoard images, scalars to any other
+tracker, and failing trackers that never stop training."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from sdcallbacks import ValidationCallback
+from sdcallbacks.testing.accelerator import AcceleratorStub
+from sdcallbacks.testing.tagger import write_tagger
+from sdcallbacks.testing.wandb_reader import find_run_file, read_offline_run
+
+
+@pytest.fixture(scope="module")
+def tagger_dir(tmp_path_factory):
+    return write_tagger(tmp_path_factory.mktemp("tagger"))
+
+
+@pytest.fixture
+def wandb_env(tmp_path, monkeypatch):
+    for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR"):
+        folder = tmp_path / name.lower()
+        folder.mkdir()
+        monkeypatch.setenv(name, str(folder))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    return tmp_path / "wandb_dir"
+
+
+def config(tmp_path, tagger_dir, **overrides):
+    data = {
+        "output_dir": str(tmp_path / "out"),
+        "prompts": [
+            {"name": "red", "prompt": "red square", "seeds": [1, 2]},
+            {"name": "blue", "prompt": "blue square", "seeds": [3]},
+        ],
+        "defaults": {"width": 32, "height": 32, "steps": 2, "guidance_scale": 2.0},
+        "schedule": {"every_n_steps": 2},
+        "metrics": {"tag_accuracy": {"model": str(tagger_dir)}},
+        "monitor": "val/tag_accuracy/mean",
+        "checkpoint": {"save_top_k": 1},
+        "early_stopping": {"patience": 10},
+    }
+    data.update(overrides)
+    return data
+
+
+def start(cb, m, step=0):
+    return cb.on_train_start(
+        unet=m.unet,
+        vae=m.vae,
+        text_encoder=m.text_encoder,
+        tokenizer=m.tokenizer,
+        noise_scheduler=m.noise_scheduler,
+        global_step=step,
+    )
+
+
+def test_wandb_offline_run_has_step_metric_rows_tables_and_summary(
+    tmp_path, tagger_dir, tiny_modules, wandb_env, monkeypatch
+):
+    import wandb
+
+    warnings: list[str] = []
+    monkeypatch.setattr(wandb, "termwarn", lambda msg, *a, **k: warnings.append(str(msg)))
+    trackers = {"wandb": {"create_run": True, "mode": "offline", "log_best_checkpoint": True}}
+    cb = ValidationCallback.from_config(config(tmp_path, tagger_dir, trackers=trackers))
+    start(cb, tiny_modules)
+    cb.on_step_end(2)
+    cb.on_step_end(4)
+    cb.validate(3)  # logged late, at a lower step than the last row (as after a resume)
+    cb.on_train_end(4)
+
+    run = read_offline_run(find_run_file(wandb_env))
+    # define_metric: the step metric, val/* on it, the monitored key with summary following mode
+    metrics = {m.name or m.glob_name: m for m in run.metrics}
+    assert "train/global_step" in metrics
+    assert metrics["val/*"].step_metric == "train/global_step"
+    assert metrics["val/tag_accuracy/mean"].summary.max
+    # every validation row landed, with its own step, even the late one
+    rows = [r for r in run.history if "val/tag_accuracy/mean" in r]
+    assert [r["train/global_step"] for r in rows] == [0, 2, 4, 3]
+    assert not any("monotonically increasing" in w for w in warnings)
+    first = rows[0]
+    assert first["val/images/red/_type"] == "image-file" and first["val/images/blue/caption"] == "blue"
+    assert first["val/samples/_type"] == "table-file" and first["val/samples/nrows"] == 3
+    table_files = sorted((find_run_file(wandb_env).parent / "files").rglob("samples_*.table.json"))
+    assert len(table_files) == 4  # a new table per validation
+    table = json.loads(table_files[0].read_text())
+    assert table["columns"][:6] == ["step", "variant", "prompt_name", "prompt", "seed", "image"]
+    assert "tag_accuracy" in table["columns"] and "tag_accuracy/precision" in table["columns"]
+    # run summary: best score, its step and the stopping reason; min/max summary of the monitored key kept
+    assert run.summary["best/val/tag_accuracy/mean"] == cb.best_score
+    assert run.summary["best/step"] == cb.best_step
+    assert run.summary["early_stop/reason"] == "not_stopped"
+    assert run.summary["val/tag_accuracy/mean"] == {"max": cb.best_score}
+    assert run.config["monitor"] == "val/tag_accuracy/mean"
+    assert any("best" in a.aliases for a in run.artifacts if a.type == "model")
+    # no commit=True anywhere, and nothing logged with an explicit step
+    assert all("_step" not in r or r["_step"] == i for i, r in enumerate(run.history))
+
+
+def test_wandb_without_api_key_warns_once_and_training_goes_on(
+    tmp_path, tagger_dir, tiny_modules, wandb_env, caplog
+):
+    trackers = {"wandb": {"create_run": True, "mode": "online"}}
+    cb = ValidationCallback.from_config(config(tmp_path, tagger_dir, trackers=trackers))
+    with caplog.at_level(logging.WARNING, logger="sdcallbacks"):
+        start(cb, tiny_modules)
+        assert cb.on_step_end(2).should_validate
+    assert caplog.text.count("could not start a W&B run (UsageError") == 1
+    assert (tmp_path / "out" / "samples" / "step_0000002" / "grid.png").is_file()
+
+
+class RecordingTracker:
+    def __init__(self, name="mlflow", fail=False):
+        self.name = name
+        self.fail = fail
+        self.calls: list[tuple[dict, int]] = []
+
+    def log(self, values, step=None):
+        if self.fail:
+            raise ConnectionError("server gone")
+        self.calls.append((values, step))
+
+
+class RecordingWriter:
+    def __init__(self):
+        self.images: list[tuple[str, tuple, int]] = []
+
+    def add_image(self, tag, array, step, dataformats):
+        assert dataformats == "HWC"
+        self.images.append((tag, array.shape, step))
+
+    def flush(self):
+        pass
+
+
+def test_scalars_to_any_tracker_images_to_tensorboard_and_a_failing_tracker_is_skipped(
+    tmp_path, tagger_dir, tiny_modules, caplog
+):
+    other, broken = RecordingTracker("mlflow"), RecordingTracker("comet_ml", fail=True)
+    tensorboard = RecordingTracker("tensorboard")
+    tensorboard.writer = RecordingWriter()
+    accelerator = AcceleratorStub(trackers=[other, broken, tensorboard])
+    cb = ValidationCallback.from_config(config(tmp_path, tagger_dir), accelerator=accelerator)
+    with caplog.at_level(logging.WARNING, logger="sdcallbacks"):
+        start(cb, tiny_modules)
+        cb.on_step_end(2)
+    assert [step for _, step in other.calls] == [0, 2]
+    values = other.calls[1][0]
+    assert all(isinstance(v, float) for v in values.values()) and "val/tag_accuracy/mean" in values
+    assert [(tag, step) for tag, _, step in tensorboard.writer.images] == [
+        ("val/images/red", 0),
+        ("val/images/blue", 0),
+        ("val/images/red", 2),
+        ("val/images/blue", 2),
+    ]
+    assert caplog.text.count("tracker 'comet_ml' failed") == 1  # one warning, then skipped
+
+
+def test_no_tracker_at_all_is_reported_once(tmp_path, tagger_dir, tiny_modules, caplog):
+    cb = ValidationCallback.from_config(config(tmp_path, tagger_dir), accelerator=AcceleratorStub())
+    with caplog.at_level(logging.WARNING, logger="sdcallbacks"):
+        start(cb, tiny_modules)
+        cb.on_step_end(2)
+    assert caplog.text.count("the accelerator has no trackers") == 1
