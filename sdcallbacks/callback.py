@@ -72,6 +72,10 @@ class Control:
 _CONTINUE = Control()
 
 
+class ValidationFailed(RuntimeError):
+    """A validation failed on some process; raised on every process alike."""
+
+
 class ValidationCallback:
     def __init__(
         self,
@@ -206,9 +210,8 @@ class ValidationCallback:
         control = _CONTINUE
         if global_step is not None and self.schedule.is_due_at_end(global_step):
             control = self.validate(global_step)
-        best = self._broadcast(self.selection.best_model_path)
-        if self.selection.restore_best_at_end and best is not None and self.modules is not None:
-            self.selection.restore_best(self.modules, best)
+        if self.modules is not None:  # every process loads the same (main-written) best weights
+            self.selection.restore_best(self.modules)
         self.trackers.set_summary(self.selection.summary())
         self.trackers.finish()
         return control
@@ -244,32 +247,60 @@ class ValidationCallback:
         return Control(should_validate=True, should_stop=decision.stop, should_save=decision.new_best)
 
     def _validate(self, step: int, baseline: bool) -> Decision:
+        """One validation on every process. With several processes, an error on any of them is carried
+        through the collectives (gather, then broadcast) instead of skipping them, so every process makes
+        the same calls in the same order and then raises the same :class:`ValidationFailed`."""
         rank, world = self._world
         local_jobs = self.jobs[rank::world]  # strided split: no padding duplicates
-        # Metrics whose score depends on other images (diversity, KID) run once on all gathered images.
-        per_rank = [m for m in self.metrics if not m.needs_all_images]
-        on_all = [m for m in self.metrics if m.needs_all_images]
-        decision = Decision()
+        decision, failure = Decision(), None
         for variant in self._variants(baseline):
             started = time.perf_counter()
-            images = self.sampler.sample(local_jobs, variant=variant)
+            records, images, error = self._sample_and_score(step, variant, local_jobs, world)
             sampled = time.perf_counter()
-            batch = ImageBatch.of(images, local_jobs)
-            records = [ImageRecord.for_job(step, variant, job) for job in local_jobs]
+            records, images, errors = self._gather(records, images, error)
+            if self.is_main_process and failure is None:
+                try:
+                    if errors:
+                        raise ValidationFailed("\n".join(errors))
+                    values = self._finish_on_main(step, variant, records, images, baseline, started, sampled)
+                    if not baseline and variant == self._variants(False)[0]:
+                        decision = self._decide(step, values)
+                except Exception:
+                    if world == 1:
+                        raise
+                    failure = traceback.format_exc()
+        # Decided once, on the main process; every process gets the same answer and the same bookkeeping
+        # (best path and score, patience), so each can act on it (a collective on all processes).
+        decision, selection, failure = self._broadcast((decision, self.selection.state_dict(), failure))
+        if failure is not None:
+            raise ValidationFailed(failure)
+        if not self.is_main_process:
+            self.selection.load_state_dict(selection)
+        return decision
+
+    def _sample_and_score(self, step: int, variant: str, jobs: list, world: int):
+        """This process's share: images and per-image scores; an error is returned when there are other
+        processes to tell (they are waiting in the gather)."""
+        try:
+            images = self.sampler.sample(jobs, variant=variant)
+            records = [ImageRecord.for_job(step, variant, job) for job in jobs]
+            per_image = [m for m in self.metrics if not m.needs_all_images]
             with isolated_rng():  # evaluators (and their lazy loading) never move training's streams
-                self._score(per_rank, batch, records, step)
-            records, images = self._gather(records, images)
-            if self.is_main_process:
-                full = batch if world == 1 else ImageBatch.of(images, self.jobs)
-                with isolated_rng():
-                    sets = self._score(on_all, full, records, step)
-                sets.update(self._loss(variant, step))
-                timings = {"sampling_s": sampled - started, "scoring_s": time.perf_counter() - sampled}
-                values = self._report(step, variant, records, sets, images, timings, baseline)
-                if not baseline and variant == self._variants(False)[0]:
-                    decision = self._decide(step, values)
-        # Decided once, on the main process; every process gets the same answer (a collective on all).
-        return self._broadcast(decision)
+                self._score(per_image, ImageBatch.of(images, jobs), records, step)
+            return records, images, None
+        except Exception:
+            if world == 1:
+                raise
+            return [], [], f"process {self._world[0]}:\n{traceback.format_exc()}"
+
+    def _finish_on_main(self, step, variant, records, images, baseline, started, sampled) -> dict[str, float]:
+        # Metrics whose score depends on other images (diversity, KID) run once on all gathered images.
+        on_all = [m for m in self.metrics if m.needs_all_images]
+        with isolated_rng():
+            sets = self._score(on_all, ImageBatch.of(images, self.jobs), records, step)
+        sets.update(self._loss(variant, step))
+        timings = {"sampling_s": sampled - started, "scoring_s": time.perf_counter() - sampled}
+        return self._report(step, variant, records, sets, images, timings, baseline)
 
     def _loss(self, variant: str, step: int) -> dict[str, float | None]:
         """``val_loss`` of one variant's weights (main process; it needs no collective)."""
@@ -302,16 +333,20 @@ class ValidationCallback:
 
         return record_scores(metrics, batch, records, on_failure)
 
-    def _gather(self, records: list[ImageRecord], images: list[Image.Image]):
+    def _gather(self, records: list[ImageRecord], images: list[Image.Image], error: str | None):
+        """All processes' records and images (prompt-major) and errors, on the main process."""
         _, world = self._world
-        if world > 1:
-            from accelerate.utils import gather_object
+        if world == 1:
+            return records, images, [error] if error else []
+        from accelerate.utils import gather_object
 
-            # gather_object flattens one level: gather a list of (record, image) pairs.
-            pairs = gather_object(list(zip(records, images)))
-            pairs.sort(key=lambda p: (p[0].prompt_index, p[0].image_index))
-            records, images = [p[0] for p in pairs], [p[1] for p in pairs]
-        return records, images
+        # gather_object flattens one level: gather a list holding one tuple per process.
+        parts = gather_object([(records, images, error)])
+        pairs = sorted(
+            ((r, im) for part in parts for r, im in zip(part[0], part[1])),
+            key=lambda p: (p[0].prompt_index, p[0].image_index),
+        )
+        return [p[0] for p in pairs], [p[1] for p in pairs], [part[2] for part in parts if part[2]]
 
     def _broadcast(self, value: Any) -> Any:
         """The main process's ``value`` on every process (all must call it)."""

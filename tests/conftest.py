@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -23,29 +22,9 @@ def clip_tokenizer(tmp_path_factory):
 @pytest.fixture
 def tiny_modules(clip_tokenizer):
     """Random-weight tiny UNet/VAE/text encoder (the world's architectures) with a LoRA on the UNet."""
-    from peft import LoraConfig
+    from sdcallbacks.testing.modules import tiny_lora_modules
 
-    from sdcallbacks.sampling.pipeline import TrainingModules
-    from sdcallbacks.testing import pretrain
-
-    torch.manual_seed(0)
-    unet = pretrain.tiny_unet()
-    unet.add_adapter(
-        LoraConfig(
-            r=4,
-            lora_alpha=4,
-            lora_dropout=0.5,
-            init_lora_weights="gaussian",
-            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
-        )
-    )
-    return TrainingModules(
-        unet=unet,
-        vae=pretrain.tiny_vae(),
-        text_encoder=pretrain.tiny_text_encoder(len(clip_tokenizer)),
-        tokenizer=clip_tokenizer,
-        noise_scheduler=pretrain.noise_scheduler(),
-    )
+    return tiny_lora_modules(clip_tokenizer)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,96 @@
+"""Two CPU processes (gloo, torchrun) give the same images, scores and decisions as one, and never hang.
+
+torchrun with a free port rather than ``debug_launcher`` (fixed port 29500, fork after torch has started
+its thread pools) or ``accelerate launch --cpu`` (which runs one process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sdcallbacks.outputs import read_metrics
+
+WORKER = Path(__file__).with_name("multiprocess_worker.py")
+TIMEOUT_S = 300  # a hang fails the test instead of the suite
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(processes: int, out: Path, tokenizer_dir: Path, clip: str, **env_vars: str) -> list[dict]:
+    out.mkdir()
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={processes}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(WORKER),
+        str(out),
+        str(tokenizer_dir),
+        clip,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_vars}
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"{processes} processes did not finish in {TIMEOUT_S} s (hang?)\n{err.stderr}")
+    assert done.returncode == 0, done.stderr[-5000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
+
+
+def records(out: Path, kind: str) -> list[dict]:
+    return [r for r in read_metrics(out / "metrics.jsonl") if r["type"] == kind]
+
+
+def test_two_processes_equal_one_image_for_image(tmp_path, evaluators):
+    one = launch(1, tmp_path / "one", tmp_path / "tok1", evaluators.clip)
+    two = launch(2, tmp_path / "two", tmp_path / "tok2", evaluators.clip)
+
+    # the same decisions, on every rank, as with one process
+    assert two[0]["controls"] == two[1]["controls"] == one[0]["controls"]
+    assert any(control[2] for control in one[0]["controls"][1:])  # should_stop reached every rank
+    assert two[0]["best_step"] == two[1]["best_step"] == one[0]["best_step"] is not None
+    # restore_best_at_end loaded the same weights into both ranks' models
+    assert two[0]["lora_sum"] == pytest.approx(two[1]["lora_sum"]) == pytest.approx(one[0]["lora_sum"])
+
+    # each validation has 5 image records: no padding duplicates
+    images_one, images_two = records(tmp_path / "one", "image"), records(tmp_path / "two", "image")
+    per_step = {}
+    for r in images_two:
+        per_step.setdefault((r["step"], r["variant"]), []).append((r["prompt_name"], r["seed"]))
+    assert all(sorted(pairs) == sorted(set(pairs)) and len(pairs) == 5 for pairs in per_step.values())
+    key = lambda r: (r["step"], r["variant"], r["prompt_name"], r["seed"])  # noqa: E731
+    assert [key(r) for r in images_one] == [key(r) for r in images_two]
+    for a, b in zip(images_one, images_two):
+        assert a["scores"] == pytest.approx(b["scores"], abs=1e-6)
+        pixels_a = np.asarray(Image.open(a["image_path"]))
+        pixels_b = np.asarray(Image.open(b["image_path"]))
+        assert np.array_equal(pixels_a, pixels_b), a["image_path"]
+
+    values = lambda out: [  # noqa: E731
+        {k: v for k, v in r["values"].items() if "/time/" not in k} for r in records(out, "aggregate")
+    ]
+    for a, b in zip(values(tmp_path / "one"), values(tmp_path / "two"), strict=True):
+        assert a == pytest.approx(b, abs=1e-6)
+
+
+def test_a_failure_on_one_process_fails_the_validation_on_all_without_a_hang(tmp_path, evaluators):
+    ranks = launch(2, tmp_path / "out", tmp_path / "tok", evaluators.clip, FAIL_ON_LAST_RANK_AT="4")
+    assert ranks[0]["failed_validations"] == ranks[1]["failed_validations"] == 1
+    assert ranks[0]["controls"] == ranks[1]["controls"]
+    steps = {r["step"] for r in records(tmp_path / "out", "aggregate")}
+    assert 4 not in steps and {0, 2, 6} <= steps  # training went on; earlier records kept
