@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,28 @@ class ConfigError(ValueError):
         super().__init__(f"{where}: invalid configuration\n" + "\n".join(f"  {p}" for p in problems))
 
 
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(data: Any, path: Path | None = None, key: str = "") -> Any:
+    """Replace ``${NAME}`` in every string with the environment variable ``NAME`` (an unset one is an
+    error naming the key), so a config can point at per-machine folders."""
+    if isinstance(data, dict):
+        return {k: expand_env(v, path, f"{key}.{k}" if key else str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [expand_env(v, path, f"{key}.{i}") for i, v in enumerate(data)]
+    if not isinstance(data, str):
+        return data
+
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ConfigError(path, [f"{key}: ${{{name}}} is used but the environment variable is not set"])
+        return os.environ[name]
+
+    return _ENV_VAR.sub(value, data)
+
+
 def read_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(path, ["file not found"])
@@ -49,7 +73,7 @@ def read_mapping(path: Path) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(path, [f"top level must be a mapping, got {type(data).__name__}"])
-    return data
+    return expand_env(data, path)
 
 
 def format_validation_error(err: ValidationError) -> list[str]:

@@ -1,0 +1,94 @@
+"""The configs in configs/ are valid, tiny.yaml is the demo's config, and the DreamBooth example trains,
+validates, checkpoints and resumes on the tiny world."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdcallbacks.config import load_config
+from sdcallbacks.metrics import build_metrics
+from sdcallbacks.outputs import read_metrics
+from sdcallbacks.selection.checks import check_selection
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_validate(path, monkeypatch, tmp_path):
+    monkeypatch.setenv("SDCALLBACKS_TINY_WORLD", str(tmp_path / "world"))
+    config = load_config(path)
+    config.output_dir = tmp_path / "out"
+    check_selection(config, build_metrics(config.metrics.enabled()))  # builds only: nothing downloads
+
+
+def test_named_configs_exist_with_their_monitors():
+    monitors = {p.stem: load_config(p).monitor for p in CONFIGS if p.stem != "tiny"}
+    assert monitors == {
+        "anime_character": "val/score",
+        "dreambooth_face": "val/identity/mean",
+        "style_lora": "val/style_loss/mean",
+    }
+    anime = load_config(ROOT / "configs" / "anime_character.yaml").metrics
+    assert (
+        anime.tag_accuracy.model == "SmilingWolf/wd-v1-4-moat-tagger-v2"
+        and anime.tag_accuracy.threshold == 0.35
+    )
+
+
+def test_tiny_yaml_is_the_demo_config(tiny_world, monkeypatch):
+    from sdcallbacks.demo import demo_config
+
+    monkeypatch.setenv("SDCALLBACKS_TINY_WORLD", str(tiny_world.root))
+    from_file = load_config(ROOT / "configs" / "tiny.yaml").model_dump(exclude={"output_dir"})
+    in_code = demo_config(tiny_world, Path("x"), validate_every=100).model_dump(exclude={"output_dir"})
+    assert from_file == in_code
+
+
+def test_unset_variable_in_a_config_is_located(tmp_path, monkeypatch):
+    from sdcallbacks.config import ConfigError
+
+    monkeypatch.delenv("SDCALLBACKS_TINY_WORLD", raising=False)
+    with pytest.raises(
+        ConfigError, match=r"metrics\.tag_accuracy\.model: \$\{SDCALLBACKS_TINY_WORLD\} is used"
+    ):
+        load_config(ROOT / "configs" / "tiny.yaml")
+
+
+def run_example(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "examples" / "train_dreambooth_lora.py"), "--tiny_world", *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-5000:]
+    return done
+
+
+def test_dreambooth_example_trains_validates_and_resumes_on_the_tiny_world(tiny_world, tmp_path):
+    out = tmp_path / "run"
+    common = [
+        "--output_dir",
+        str(out),
+        "--validate_every",
+        "2",
+        "--checkpointing_steps",
+        "2",
+        "--report_to",
+        "none",
+    ]
+    first = run_example(*common, "--max_train_steps", "4")
+    assert "best step" in first.stdout
+    assert (out / "pytorch_lora_weights.safetensors").is_file() and (out / "checkpoint-4").is_dir()
+    run_example(*common, "--max_train_steps", "6", "--resume_from_checkpoint", "latest")
+    aggregates = [r for r in read_metrics(out / "validation" / "metrics.jsonl") if r["type"] == "aggregate"]
+    # one baseline, then every 2 steps; the resume step (4) is not validated again
+    assert [(a["step"], a["variant"]) for a in aggregates] == [
+        (0, "base"),
+        (2, "model"),
+        (4, "model"),
+        (6, "model"),
+    ]
+    best = list((out / "validation" / "checkpoints").glob("step_*/pytorch_lora_weights.safetensors"))
+    assert len(best) == 1
