@@ -95,7 +95,8 @@ class WandbAdapter(TrackerAdapter):
 
 def create_run(config: WandbConfig, directory: str, run_config: dict[str, Any]) -> Any:
     """A run of the callback's own, for loops without an accelerate ``wandb`` tracker. Its files go under
-    ``directory`` (the output folder) unless ``$WANDB_DIR`` says otherwise."""
+    ``$WANDB_DIR`` if set, else ``directory`` (the output folder); passed explicitly, because wandb keeps
+    the settings of its first ``init`` in a process-wide singleton."""
     import wandb
 
     return wandb.init(
@@ -103,6 +104,6 @@ def create_run(config: WandbConfig, directory: str, run_config: dict[str, Any]) 
         entity=config.entity,
         name=config.name,
         mode=config.mode,
-        dir=None if os.environ.get("WANDB_DIR") else directory,
+        dir=os.environ.get("WANDB_DIR") or directory,
         config=run_config,
     )
