@@ -63,3 +63,11 @@ def astronaut():
     from skimage import data
 
     return Image.fromarray(data.astronaut())
+
+
+@pytest.fixture(scope="session")
+def tagger_dir(tmp_path_factory):
+    """A WD14-format tagger (ONNX + selected_tags.csv) that tags colours."""
+    from sdcallbacks.testing.tagger import write_tagger
+
+    return write_tagger(tmp_path_factory.mktemp("tagger"))

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.brightness
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.helpers
 
 from accelerate import Accelerator
 
@@ -20,7 +20,7 @@ from sdcallbacks.config import validate_config
 from sdcallbacks.metrics import build_metrics
 from sdcallbacks.testing.modules import perturb_lora, tiny_lora_modules
 from sdcallbacks.testing.tokenizer import build_clip_tokenizer
-from tests.brightness import MeanBrightness
+from tests.helpers import MeanBrightness
 
 
 def main(out: Path, tokenizer_dir: Path, clip: str) -> None:

@@ -13,12 +13,7 @@ from sdcallbacks.config import ConfigError, MetricConfig
 from sdcallbacks.metrics.base import ImageMetric
 from sdcallbacks.outputs import read_metrics
 from sdcallbacks.testing.accelerator import AcceleratorStub
-from sdcallbacks.testing.tagger import write_tagger
-
-
-@pytest.fixture(scope="module")
-def tagger_dir(tmp_path_factory):
-    return write_tagger(tmp_path_factory.mktemp("tagger"))
+from tests.helpers import start
 
 
 def config(tmp_path, tagger_dir, **overrides):
@@ -35,16 +30,6 @@ def config(tmp_path, tagger_dir, **overrides):
     }
     data.update(overrides)
     return data
-
-
-def start(cb, modules):
-    return cb.on_train_start(
-        unet=modules.unet,
-        vae=modules.vae,
-        text_encoder=modules.text_encoder,
-        tokenizer=modules.tokenizer,
-        noise_scheduler=modules.noise_scheduler,
-    )
 
 
 def test_validation_writes_grid_images_and_flushed_records(tmp_path, tagger_dir, tiny_modules):

@@ -9,7 +9,7 @@ import pytest
 from sdcallbacks import ValidationCallback
 from sdcallbacks.outputs import read_metrics
 from sdcallbacks.testing.modules import perturb_lora
-from tests.brightness import MeanBrightness
+from tests.helpers import MeanBrightness, start
 
 
 @pytest.fixture
@@ -39,17 +39,6 @@ def config(out):
         "checkpoint": {"save_top_k": 2},
         "early_stopping": {"patience": 2, "min_delta": 0.001},
     }
-
-
-def start(cb, m, step):
-    return cb.on_train_start(
-        unet=m.unet,
-        vae=m.vae,
-        text_encoder=m.text_encoder,
-        tokenizer=m.tokenizer,
-        noise_scheduler=m.noise_scheduler,
-        global_step=step,
-    )
 
 
 def train(cb, modules, steps):

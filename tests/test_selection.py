@@ -20,7 +20,6 @@ from sdcallbacks.sampling.pipeline import TrainingModules, build_pipeline
 from sdcallbacks.sampling.sampler import ValidationSampler
 from sdcallbacks.selection import ModelCheckpoint
 from sdcallbacks.selection import checkpoint as checkpoint_module
-from sdcallbacks.testing.tagger import write_tagger
 
 NAN = math.nan
 
@@ -121,11 +120,6 @@ def test_composite_score_standardises_per_prompt_against_the_baseline():
 
 
 # -- config errors located before training ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tagger_dir(tmp_path_factory):
-    return write_tagger(tmp_path_factory.mktemp("tagger"))
 
 
 def _config(tmp_path, tagger_dir, **overrides):

@@ -10,7 +10,6 @@ from sdcallbacks.metrics.backbones.wd14 import WD14Tagger, preprocess_wd14
 from sdcallbacks.metrics.tagging import TagAccuracy, prompt_tags
 from sdcallbacks.prompts import expand_jobs, resolve_prompts
 from sdcallbacks.testing.shapes import draw_square
-from sdcallbacks.testing.tagger import write_tagger
 from sdcallbacks.weights import WeightsNotFoundError
 
 
@@ -69,11 +68,6 @@ def test_sixteen_bit_and_grayscale_images_are_accepted():
     assert deep.mode.startswith("I")
     assert preprocess_wd14(deep, 8).min() == 255.0
     assert preprocess_wd14(Image.new("L", (8, 8), 0), 8).max() == 0.0
-
-
-@pytest.fixture(scope="module")
-def tagger_dir(tmp_path_factory):
-    return write_tagger(tmp_path_factory.mktemp("tagger"))
 
 
 def jobs_for(*prompts):

@@ -10,13 +10,8 @@ import pytest
 
 from sdcallbacks import ValidationCallback
 from sdcallbacks.testing.accelerator import AcceleratorStub
-from sdcallbacks.testing.tagger import write_tagger
 from sdcallbacks.testing.wandb_reader import find_run_file, read_offline_run
-
-
-@pytest.fixture(scope="module")
-def tagger_dir(tmp_path_factory):
-    return write_tagger(tmp_path_factory.mktemp("tagger"))
+from tests.helpers import start
 
 
 @pytest.fixture
@@ -46,17 +41,6 @@ def config(tmp_path, tagger_dir, **overrides):
     }
     data.update(overrides)
     return data
-
-
-def start(cb, m, step=0):
-    return cb.on_train_start(
-        unet=m.unet,
-        vae=m.vae,
-        text_encoder=m.text_encoder,
-        tokenizer=m.tokenizer,
-        noise_scheduler=m.noise_scheduler,
-        global_step=step,
-    )
 
 
 def test_wandb_offline_run_has_step_metric_rows_tables_and_summary(

@@ -1,4 +1,4 @@
-"""A tiny image metric for tests that need scores which move with the weights: mean pixel value in [0, 1]."""
+"""Helpers shared by the tests: a metric whose scores move with the weights, and starting a callback."""
 
 from __future__ import annotations
 
@@ -22,3 +22,8 @@ class MeanBrightness(ImageMetric):
                 float(np.asarray(im.convert("L"), dtype=np.float64).mean() / 255) for im in batch.images
             ]
         }
+
+
+def start(callback, modules, step: int = 0):
+    """``on_train_start`` with every module of a :class:`TrainingModules`."""
+    return callback.on_train_start(**vars(modules), global_step=step)
