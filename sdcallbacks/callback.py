@@ -36,6 +36,7 @@ from sdcallbacks.aggregation.records import ImageRecord, aggregate, record_score
 from sdcallbacks.config.loading import load_config, validate_config
 from sdcallbacks.config.schema import RunConfig
 from sdcallbacks.metrics import BackbonePool, ImageBatch, KeySpec, Metric, build_metrics
+from sdcallbacks.metrics.base import ImageMetric
 from sdcallbacks.metrics.loss import ValidationLoss
 from sdcallbacks.outputs.grid import prompt_grids
 from sdcallbacks.outputs.writer import OutputWriter
@@ -99,6 +100,10 @@ class ValidationCallback:
         )
         self.val_loss = ValidationLoss(config.metrics.val_loss) if config.metrics.val_loss else None
         self.key_specs: dict[str, KeySpec] = {k: v for m in self.metrics for k, v in m.key_specs().items()}
+        # Per-image score keys (the W&B table's columns): set-level keys like kid have no per-image value.
+        self.image_score_keys = sorted(
+            key for m in self.metrics if isinstance(m, ImageMetric) for key in m.output_keys()
+        )
         check_selection(config, self.metrics)  # a located config error now, not hours into training
         self.score_weights = {
             key: ScoreWeight(
@@ -386,9 +391,7 @@ class ValidationCallback:
                 prompt_grids=prompt_grids(self.jobs, images) if self.config.trackers.images else {},
                 records=records,
                 images=images,
-                score_keys=sorted(self.key_specs)
-                if any(not m.needs_all_images for m in self.metrics)
-                else [],
+                score_keys=self.image_score_keys,
             )
         )
         return values

@@ -15,18 +15,12 @@ from sdcallbacks.aggregation.keys import expected_keys
 from sdcallbacks.config.loading import ConfigError
 from sdcallbacks.config.schema import RunConfig
 from sdcallbacks.metrics.base import Metric, SetMetric
+from sdcallbacks.metrics.loss import ValidationLoss
 from sdcallbacks.prompts.library import load_prompts
 
 
 def variants(config: RunConfig) -> list[str]:
     return {"none": ["model"], "ema": ["ema"], "both": ["model", "ema"]}[config.sampling.ema]
-
-
-def val_loss_keys(config: RunConfig) -> list[str]:
-    loss = config.metrics.val_loss
-    if loss is None:
-        return []
-    return ["val_loss", *(f"val_loss/t{t}" for t in loss.timesteps)]
 
 
 def _unwritable(path: Path) -> str | None:
@@ -58,7 +52,9 @@ def selection_problems(config: RunConfig, metrics: list[Metric]) -> list[str]:
             )
     if config.monitor is not None:
         names = [p.name for p in load_prompts(config)]
-        keys = expected_keys(metrics, names, variants(config), val_loss_keys(config), list(config.score))
+        loss = config.metrics.val_loss
+        loss_keys = ValidationLoss(loss).output_keys() if loss is not None else []
+        keys = expected_keys(metrics, names, variants(config), loss_keys, list(config.score))
         if config.monitor not in keys:
             spread = ("std", "n", "skipped", "ci_low", "ci_high")
             main = [k for k in keys if "/prompt/" not in k and k.rsplit("/", 1)[-1] not in spread]

@@ -50,6 +50,10 @@ class ValidationLoss:
         self.config = config
         self._data: tuple[list[Image.Image], list[str]] | None = None
 
+    def output_keys(self) -> list[str]:
+        """``val_loss`` (the mean over all timesteps) and ``val_loss/t<t>`` per timestep."""
+        return [self.name, *(f"{self.name}/t{t}" for t in self.config.timesteps)]
+
     def data(self) -> tuple[list[Image.Image], list[str]]:
         if self._data is None:
             folder = ImageFolder.read(self.config.data, what="val_loss data")
