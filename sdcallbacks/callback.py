@@ -16,14 +16,29 @@ aggregates and trackers → best checkpoint and early stopping decide → the de
 A validation that fails (a metric raising, a corrupt image) is logged with its traceback and training
 goes on (``on_error: warn``); ``on_error: raise`` re-raises for debugging. A failing metric only loses
 its own scores. Records already written to ``metrics.jsonl`` are never lost.
+
+Background scoring (``scoring.mode: async``): the loop is blocked only while images are sampled (and the
+weights of the step are copied, when checkpoints are kept); scoring, files, trackers and the checkpoint
+decision run in a background thread of the main process, and everything is logged at the validated step.
+At most one job is in flight: the next validation first waits for the previous one (``scoring.wait_s``),
+so a decision reaches the loop at most one validation late. With one process it arrives sooner, at the
+first ``on_step_end`` after the job finishes; with several it travels with the next validation's
+broadcast (or ``on_train_end``'s). ``on_train_end`` and ``state_dict`` wait for the job, bounded by
+``scoring.wait_s``. A job that raises is logged in the training process when it is collected and counts
+as a failed validation; earlier records are already on disk.
+
+Evaluators (``scoring.evaluators``): ``offload`` (the default on CUDA) moves them off the accelerator
+after every validation, ``resident`` keeps them there. ``val/peak_mem_mb`` (CUDA) or ``val/rss_mb``
+(CPU) record what the validation cost in memory (:class:`~sdcallbacks.runtime.MemoryMeter`).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +56,14 @@ from sdcallbacks.metrics.loss import ValidationLoss
 from sdcallbacks.outputs.grid import prompt_grids
 from sdcallbacks.outputs.writer import OutputWriter
 from sdcallbacks.prompts.library import expand_jobs, load_prompts
+from sdcallbacks.runtime import BackgroundJob, MemoryMeter, side_stream
 from sdcallbacks.sampling.pipeline import TrainingModules
 from sdcallbacks.sampling.rng import isolated_rng
 from sdcallbacks.sampling.sampler import ValidationSampler, _has_adapters
 from sdcallbacks.sampling.schedule import ValidationSchedule
 from sdcallbacks.selection.checks import check_selection, variants
 from sdcallbacks.selection.monitor import Decision, Selection
+from sdcallbacks.selection.snapshots import WeightsSnapshot
 from sdcallbacks.trackers import TrackerLogger, ValidationLog
 from sdcallbacks.trackers.logger import flatten
 from sdcallbacks.weights import default_cache_dir
@@ -77,6 +94,22 @@ class ValidationFailed(RuntimeError):
     """A validation failed on some process; raised on every process alike."""
 
 
+@dataclass
+class SampledVariant:
+    """One variant's images of one validation, gathered on the main process, with what the training
+    thread measured while drawing them; what scoring needs, wherever it runs."""
+
+    variant: str
+    records: list[ImageRecord]
+    images: list[Image.Image]
+    sets: dict[str, float | None]  # what needs the live weights (val_loss): computed before handing over
+    extras: dict[str, float] = field(default_factory=dict)  # time/..., memory figures
+
+
+def _control(decision: Decision) -> Control:
+    return Control(should_validate=True, should_stop=decision.stop, should_save=decision.new_best)
+
+
 class ValidationCallback:
     def __init__(
         self,
@@ -91,6 +124,7 @@ class ValidationCallback:
         self.jobs = expand_jobs(self.prompts)
         self.schedule = ValidationSchedule(config.schedule)
         device = config.metrics.device or (str(accelerator.device) if accelerator is not None else "cpu")
+        self.metrics_device = device
         self.metrics = (
             metrics
             if metrics is not None
@@ -127,6 +161,12 @@ class ValidationCallback:
         self.baseline_sets: dict[str, dict[str, float | None]] = {}
         self.history: list[dict[str, float]] = []
         self.failed_validations = 0
+        self.background = config.scoring.mode == "async"
+        self.evaluators = config.scoring.evaluators or ("resident" if device.startswith("cpu") else "offload")
+        self._pools = list({id(m.pool): m.pool for m in self.metrics if hasattr(m, "pool")}.values())
+        self._pending: BackgroundJob[Decision] | None = None
+        self._pending_step: int | None = None
+        self._report_lock = threading.Lock()  # the scoring thread and the loop both write files/trackers
         if register and accelerator is not None:
             # accelerator.save_state/load_state then carry the callback's bookkeeping.
             accelerator.register_for_checkpointing(self)
@@ -194,6 +234,8 @@ class ValidationCallback:
             return _CONTINUE
         if not self.schedule.is_due(global_step):
             self._loss_between_validations(global_step)
+            if self._pending is not None and self._pending.done() and self._world[1] == 1:
+                return self._collected_control()
             return _CONTINUE
         return self.validate(global_step)
 
@@ -202,8 +244,9 @@ class ValidationCallback:
         if every is None or step % every or not self.is_main_process or self.sampler is None:
             return
         values = set_values(self._loss("model", step), self.baseline_sets.get(self._reference_variant()))
-        self.writer.append_aggregate(step, "val_loss", values, baseline=False)
-        self.trackers.log_scalars(values, step)
+        with self._report_lock:
+            self.writer.append_aggregate(step, "val_loss", values, baseline=False)
+            self.trackers.log_scalars(values, step)
 
     def _reference_variant(self) -> str:
         return "base" if "base" in self.baseline else "model"
@@ -215,6 +258,8 @@ class ValidationCallback:
         control = _CONTINUE
         if global_step is not None and self.schedule.is_due_at_end(global_step):
             control = self.validate(global_step)
+        if self.background:
+            control = self._finish_background(control)
         if self.modules is not None:  # every process loads the same (main-written) best weights
             self.selection.restore_best(self.modules)
         self.trackers.set_summary(self.selection.summary())
@@ -249,7 +294,10 @@ class ValidationCallback:
                 traceback.format_exc(),
             )
             return Control(should_validate=True)
-        return Control(should_validate=True, should_stop=decision.stop, should_save=decision.new_best)
+        return _control(decision)
+
+    def _decides(self, variant: str, baseline: bool) -> bool:
+        return not baseline and variant == self._variants(False)[0]
 
     def _validate(self, step: int, baseline: bool) -> Decision:
         """One validation on every process. With several processes, an error on any of them is carried
@@ -257,23 +305,44 @@ class ValidationCallback:
         the same calls in the same order and then raises the same :class:`ValidationFailed`."""
         rank, world = self._world
         local_jobs = self.jobs[rank::world]  # strided split: no padding duplicates
-        decision, failure = Decision(), None
+        started = time.perf_counter()
+        decision, failure, sampled = Decision(), None, []
+        if self.background and self.is_main_process:
+            try:  # the previous job first: at most one in flight, decisions at most one validation late
+                decision = self._collect(wait=True) or decision
+            except Exception:
+                if world == 1:
+                    raise
+                failure = traceback.format_exc()
+        meter = MemoryMeter(self.sampler.device)
+        meter.start()
         for variant in self._variants(baseline):
-            started = time.perf_counter()
-            records, images, error = self._sample_and_score(step, variant, local_jobs, world)
-            sampled = time.perf_counter()
+            records, images, extras, error = self._sample_and_score(step, variant, local_jobs, world)
             records, images, errors = self._gather(records, images, error)
             if self.is_main_process and failure is None:
                 try:
                     if errors:
                         raise ValidationFailed("\n".join(errors))
-                    values = self._finish_on_main(step, variant, records, images, baseline, started, sampled)
-                    if not baseline and variant == self._variants(False)[0]:
-                        decision = self._decide(step, values)
+                    part = SampledVariant(variant, records, images, self._loss(variant, step), extras)
+                    if self.background:
+                        part.extras.update(meter.read())
+                        sampled.append(part)
+                    else:
+                        with isolated_rng():
+                            values = self._score_and_report(step, part, baseline, meter, per_image=False)
+                        if self._decides(variant, baseline):
+                            decision = self._decide(step, values, self.modules)
                 except Exception:
                     if world == 1:
                         raise
                     failure = traceback.format_exc()
+        if sampled and failure is None:
+            try:
+                self._submit(step, baseline, sampled, blocked_since=started)
+            except Exception:
+                if world == 1:
+                    raise
+                failure = traceback.format_exc()
         # Decided once, on the main process; every process gets the same answer and the same bookkeeping
         # (best path and score, patience), so each can act on it (a collective on all processes).
         decision, selection, failure = self._broadcast((decision, self.selection.state_dict(), failure))
@@ -284,28 +353,142 @@ class ValidationCallback:
         return decision
 
     def _sample_and_score(self, step: int, variant: str, jobs: list, world: int):
-        """This process's share: images and per-image scores; an error is returned when there are other
-        processes to tell (they are waiting in the gather)."""
+        """This process's share: images, and per-image scores unless scoring runs in the background; an
+        error is returned when there are other processes to tell (they are waiting in the gather)."""
         try:
+            started = time.perf_counter()
             images = self.sampler.sample(jobs, variant=variant)
+            sampled = time.perf_counter()
             records = [ImageRecord.for_job(step, variant, job) for job in jobs]
-            per_image = [m for m in self.metrics if not m.needs_all_images]
-            with isolated_rng():  # evaluators (and their lazy loading) never move training's streams
-                self._score(per_image, ImageBatch.of(images, jobs), records, step)
-            return records, images, None
+            if not self.background:
+                per_image = [m for m in self.metrics if not m.needs_all_images]
+                with isolated_rng():  # evaluators (and their lazy loading) never move training's streams
+                    self._score(per_image, ImageBatch.of(images, jobs), records, step)
+                if not self.is_main_process:  # the main process still runs the set metrics
+                    self._offload_evaluators()
+            extras = {"time/sampling_s": sampled - started, "time/scoring_s": time.perf_counter() - sampled}
+            return records, images, extras, None
         except Exception:
             if world == 1:
                 raise
-            return [], [], f"process {self._world[0]}:\n{traceback.format_exc()}"
+            return [], [], {}, f"process {self._world[0]}:\n{traceback.format_exc()}"
 
-    def _finish_on_main(self, step, variant, records, images, baseline, started, sampled) -> dict[str, float]:
-        # Metrics whose score depends on other images (diversity, KID) run once on all gathered images.
-        on_all = [m for m in self.metrics if m.needs_all_images]
-        with isolated_rng():
-            sets = self._score(on_all, ImageBatch.of(images, self.jobs), records, step)
-        sets.update(self._loss(variant, step))
-        timings = {"sampling_s": sampled - started, "scoring_s": time.perf_counter() - sampled}
-        return self._report(step, variant, records, sets, images, timings, baseline)
+    def _score_and_report(
+        self,
+        step: int,
+        part: SampledVariant,
+        baseline: bool,
+        meter: MemoryMeter | None,
+        per_image: bool,
+    ) -> dict[str, float]:
+        """Score one variant's gathered images (all metrics, or only those that need every image when the
+        per-image ones already ran on each process), free the evaluators, then report (main process)."""
+        started = time.perf_counter()
+        metrics = [m for m in self.metrics if per_image or m.needs_all_images]
+        sets = self._score(metrics, ImageBatch.of(part.images, self.jobs), part.records, step)
+        sets.update(part.sets)
+        self._offload_evaluators()
+        part.extras["time/scoring_s"] = part.extras.get("time/scoring_s", 0.0) + time.perf_counter() - started
+        if meter is not None:
+            part.extras.update(meter.read())
+        return self._report(step, part.variant, part.records, sets, part.images, part.extras, baseline)
+
+    def _offload_evaluators(self) -> None:
+        if self.evaluators == "offload":
+            for pool in self._pools:
+                pool.offload()
+
+    # -- background scoring (scoring.mode: async) -------------------------------------------------
+
+    def _submit(self, step: int, baseline: bool, sampled: list[SampledVariant], blocked_since: float) -> None:
+        """Hand one validation's images to a background thread (main process)."""
+        if self._pending is not None:
+            raise ValidationFailed(
+                f"the scoring job of step {self._pending_step} is still running after scoring.wait_s="
+                f"{self.config.scoring.wait_s:g} s; step {step}'s images are not scored"
+            )
+        # First loads draw random numbers from the global generators: do them here, in the training
+        # thread, where isolated_rng can restore them. The thread never touches those generators.
+        for metric in self.metrics:
+            metric.ensure_loaded()
+        for pool in self._pools:
+            pool.load_all()
+        decides = not baseline and self.selection.checkpoint is not None and self.modules is not None
+        weights = WeightsSnapshot.capture(self.modules) if decides else self.modules
+        blocked = time.perf_counter() - blocked_since
+        for part in sampled:
+            part.extras["time/blocked_s"] = blocked
+
+        def job() -> Decision:
+            decision = Decision()
+            with side_stream(self.metrics_device):
+                for part in sampled:
+                    values = self._score_and_report(step, part, baseline, meter=None, per_image=True)
+                    if self._decides(part.variant, baseline):
+                        decision = self._decide(step, values, weights)
+            return decision
+
+        self._pending = BackgroundJob(job, name=f"sdcallbacks-scoring-step-{step}")
+        self._pending_step = step
+
+    def _collect(self, wait: bool) -> Decision | None:
+        """The finished background job's decision (main process); None while it runs or when it failed
+        (logged here, in the training process, and counted). ``wait`` blocks up to ``scoring.wait_s``."""
+        job = self._pending
+        if job is None:
+            return None
+        if wait and not job.wait(self.config.scoring.wait_s):
+            logger.error(
+                "sdcallbacks: the scoring job of step %d is still running after scoring.wait_s=%g s",
+                self._pending_step,
+                self.config.scoring.wait_s,
+            )
+            return None
+        if not job.done():
+            return None
+        self._pending = None
+        if job.error is not None:
+            self.failed_validations += 1
+            if self.config.on_error == "raise":
+                raise ValidationFailed(job.traceback)
+            logger.error(
+                "sdcallbacks: background scoring of the validation at step %d failed; training continues."
+                "\n%s",
+                self._pending_step,
+                job.traceback,
+            )
+            return None
+        return job.result
+
+    def _collected_control(self) -> Control:
+        """One process: the finished job's decision, acted on at the first step after it finished."""
+        decision = self._collect(wait=False)
+        if decision is None:
+            return _CONTINUE
+        return Control(should_stop=decision.stop, should_save=decision.new_best)
+
+    def _finish_background(self, control: Control) -> Control:
+        """``on_train_end``: wait for the job in flight (bounded), then give every process its outcome."""
+        decision, failure = None, None
+        if self.is_main_process:
+            try:
+                decision = self._collect(wait=True)
+            except Exception:
+                if self._world[1] == 1:
+                    raise
+                failure = traceback.format_exc()
+        decision, selection, failure = self._broadcast((decision, self.selection.state_dict(), failure))
+        if not self.is_main_process:
+            self.selection.load_state_dict(selection)
+        if failure is not None:
+            raise ValidationFailed(failure)
+        if decision is None:
+            return control
+        return Control(
+            should_validate=control.should_validate,
+            should_stop=control.should_stop or decision.stop,
+            should_save=control.should_save or decision.new_best,
+        )
 
     def _loss(self, variant: str, step: int) -> dict[str, float | None]:
         """``val_loss`` of one variant's weights (main process; it needs no collective)."""
@@ -369,10 +552,14 @@ class ValidationCallback:
         records: list[ImageRecord],
         sets: dict[str, float | None],
         images: list[Image.Image],
-        timings: dict[str, float],
+        extras: dict[str, float],
         baseline: bool,
     ) -> dict[str, float]:
         """Local files, aggregates and trackers for one variant (main process); returns the aggregates."""
+        with self._report_lock:
+            return self._report_locked(step, variant, records, sets, images, extras, baseline)
+
+    def _report_locked(self, step, variant, records, sets, images, extras, baseline) -> dict[str, float]:
         label = "base" if baseline else variant
         self._write_files(step, label, records, images)
         if baseline:
@@ -380,7 +567,7 @@ class ValidationCallback:
             self.baseline_sets[variant] = sets
         values = self._aggregate(records, sets, variant, baseline)
         prefix = variant_prefix(variant)
-        values.update({f"{prefix}/time/{k}": v for k, v in timings.items()})
+        values.update({f"{prefix}/{k}": v for k, v in extras.items()})
         self.writer.append_aggregate(step, label, values, baseline=baseline)
         self.history.append({"step": float(step), **values})
         self.trackers.log_validation(
@@ -421,8 +608,10 @@ class ValidationCallback:
             values.update({f"{prefix}/{k}": v for k, v in score.items()})
         return values
 
-    def _decide(self, step: int, values: dict[str, float]) -> Decision:
-        decision = self.selection.decide(step, values, self.modules)
+    def _decide(
+        self, step: int, values: dict[str, float], weights: TrainingModules | WeightsSnapshot
+    ) -> Decision:
+        decision = self.selection.decide(step, values, weights)
         self.trackers.set_summary(self.selection.summary())
         if decision.new_best and decision.best_model_path:
             self.trackers.log_checkpoint(
@@ -449,7 +638,10 @@ class ValidationCallback:
         return self.selection.stopping_reason
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs to continue as if it had not stopped (plain Python values)."""
+        """Everything a resumed run needs to continue as if it had not stopped (plain Python values). A
+        background scoring job in flight is waited for first (``scoring.wait_s``), so its results are in."""
+        if self._pending is not None:
+            self._collect(wait=True)
         return {
             "schedule": self.schedule.state_dict(),
             "baseline": {k: [r.__dict__ for r in v] for k, v in self.baseline.items()},

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from sdcallbacks.aggregation.keys import is_cost_key
 from sdcallbacks.config import MetricConfig
 from sdcallbacks.metrics.base import ImageMetric
+from sdcallbacks.outputs import read_metrics
 
 
 class MeanBrightness(ImageMetric):
@@ -27,3 +29,13 @@ class MeanBrightness(ImageMetric):
 def start(callback, modules, step: int = 0):
     """``on_train_start`` with every module of a :class:`TrainingModules`."""
     return callback.on_train_start(**vars(modules), global_step=step)
+
+
+def logged_aggregates(out) -> list[tuple[int, str, dict]]:
+    """(step, variant, values) of every aggregate in ``out/metrics.jsonl``, without the cost figures (time,
+    memory), which differ from run to run."""
+    return [
+        (r["step"], r["variant"], {k: v for k, v in r["values"].items() if not is_cost_key(k)})
+        for r in read_metrics(out / "metrics.jsonl")
+        if r["type"] == "aggregate"
+    ]

@@ -400,8 +400,9 @@ def test_cmmd_matches_the_paper_formula(evaluators, tmp_path):
 
 def test_fid_and_inception_score_through_torchmetrics(evaluators, tmp_path):
     from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.inception import InceptionScore as TorchmetricsIS
 
-    from sdcallbacks.metrics.distribution.features import FeatureRows
+    from sdcallbacks.metrics.distribution.features import FeatureRows, on_features
 
     refs = folder_of(tmp_path / "refs", squares(4, size=48, seed=41))
     fid = METRICS["fid"](mc.FidConfig(references=refs, weights=str(evaluators.inception)))
@@ -414,8 +415,17 @@ def test_fid_and_inception_score_through_torchmetrics(evaluators, tmp_path):
     inception = METRICS["inception_score"](
         mc.InceptionScoreConfig(weights=str(evaluators.inception), splits=2)
     )
+    before = torch.get_rng_state()
     scores = inception.score(images, jobs_for(*"abcd"))
+    assert torch.equal(before, torch.get_rng_state())  # a private generator: training's stream untouched
     assert scores["inception_score"] >= 1.0 and math.isfinite(scores["inception_score/std"])
+    logits = inception.net.embed(images)
+    reference_is = on_features(TorchmetricsIS, logits.shape[1], splits=2)
+    reference_is.update(logits)
+    torch.manual_seed(0)
+    mean, std = reference_is.compute()
+    assert scores["inception_score"] == pytest.approx(float(mean), rel=1e-6)
+    assert scores["inception_score/std"] == pytest.approx(float(std), rel=1e-6)
 
 
 def test_set_metrics_give_a_value_a_delta_and_count_a_skip():
@@ -541,6 +551,49 @@ def test_every_image_metric_takes_odd_modes_and_sizes(evaluators, tmp_path):
             continue
         scores = metric.score(images, jobs)
         assert all(len(v) == len(images) for v in scores.values()), metric.name
+
+
+def full_suite(evaluators, refs: Path, faces: Path, batch_size: int) -> MetricsConfig:
+    clip = {"model": evaluators.clip, "pretrained": None}
+    sections = {
+        "tag_accuracy": {"model": str(evaluators.tagger)},
+        "aesthetic_laion": {"head": str(evaluators.laion_head), "clip": clip},
+        "aesthetic_anime": {"model": str(evaluators.anime), "size": 64},
+        "clip_score": {"clip": clip},
+        "clip_i": {"references": refs, "clip": clip},
+        "identity": {"references": faces, "weights": str(evaluators.facenet)},
+        "ccip": {"references": refs, "model": str(evaluators.ccip)},
+        "style_loss": {"references": refs, "weights": str(evaluators.vgg19), "size": (32, 32)},
+        "diversity": {"trunk_weights": str(evaluators.alexnet)},
+        "diversity_clip": {"clip": clip},
+        "kid": {"references": refs, "clip": clip, "subsets": 5},
+        "cmmd": {"references": refs, "clip": clip},
+    }
+    return MetricsConfig(**{name: {**part, "batch_size": batch_size} for name, part in sections.items()})
+
+
+def test_batch_size_never_changes_a_score(evaluators, astronaut, tmp_path):
+    """Every metric scores the same images alike one at a time or sixteen at a time."""
+    refs = folder_of(tmp_path / "refs", squares(4, seed=81))
+    faces = folder_of(tmp_path / "faces", [astronaut])
+    images = [*squares(6, seed=82), astronaut, astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    jobs = jobs_for("red square", "green square", "blue square", "a face", num_images=2)
+    by_size = {}
+    for batch_size in (1, 16):
+        suite = full_suite(evaluators, refs, faces, batch_size)
+        metrics = build_metrics(suite.enabled(), pool=BackbonePool())
+        batch = ImageBatch.of(images, jobs)
+        by_size[batch_size] = {m.name: m.score(batch) for m in metrics}
+    assert len(by_size[1]) == 12
+    for name, scores in by_size[1].items():
+        for key, values in scores.items():
+            other = by_size[16][name][key]
+            if isinstance(values, list):
+                assert [v is None for v in values] == [v is None for v in other], key
+                values = [v for v in values if v is not None]
+                other = [v for v in other if v is not None]
+            assert values == pytest.approx(other, rel=1e-4, abs=1e-5), key
+    assert any(v is not None for v in by_size[1]["identity"]["identity"])  # the faces were scored
 
 
 def test_reference_folders_empty_missing_or_corrupt(tmp_path, caplog):

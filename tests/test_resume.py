@@ -7,9 +7,8 @@ import copy
 import pytest
 
 from sdcallbacks import ValidationCallback
-from sdcallbacks.outputs import read_metrics
 from sdcallbacks.testing.modules import perturb_lora
-from tests.helpers import MeanBrightness, start
+from tests.helpers import MeanBrightness, logged_aggregates, start
 
 
 @pytest.fixture
@@ -49,14 +48,6 @@ def train(cb, modules, steps):
         if control.should_validate:
             controls[step] = (control.should_stop, control.should_save)
     return controls
-
-
-def aggregates(out):
-    return [
-        (r["step"], r["variant"], {k: v for k, v in r["values"].items() if "/time/" not in k})
-        for r in read_metrics(out / "metrics.jsonl")
-        if r["type"] == "aggregate"
-    ]
 
 
 def comparable(cb):
@@ -100,6 +91,6 @@ def test_save_state_load_state_round_trip_continues_bookkeeping(tmp_path, tiny_m
 
     assert controls == expected
     assert comparable(second) == comparable(straight)
-    assert aggregates(tmp_path / "resumed") == aggregates(tmp_path / "straight")
-    assert [s for s, *_ in aggregates(tmp_path / "resumed")] == [0, 2, 4, 6, 8, 10, 12]
+    assert logged_aggregates(tmp_path / "resumed") == logged_aggregates(tmp_path / "straight")
+    assert [s for s, *_ in logged_aggregates(tmp_path / "resumed")] == [0, 2, 4, 6, 8, 10, 12]
     assert any(stop for stop, _ in expected.values())  # the stop decision was exercised across the resume

@@ -7,6 +7,21 @@ from collections.abc import Iterable
 from sdcallbacks.metrics.base import Metric, SetMetric
 
 IMAGE_KEY_PARTS = ("mean", "std", "n", "skipped", "ci_low", "ci_high", "delta")
+# What a validation cost (relative to the variant prefix); which appear depends on the mode and device.
+COST_KEYS = (
+    "time/sampling_s",
+    "time/scoring_s",
+    "time/blocked_s",
+    "peak_mem_mb",
+    "mem_delta_mb",
+    "rss_mb",
+    "peak_rss_mb",
+)
+
+
+def is_cost_key(key: str) -> bool:
+    """Whether a logged key measures the validation's cost rather than the model (varies run to run)."""
+    return key.endswith(tuple(f"/{k}" for k in COST_KEYS))
 
 
 def variant_prefix(variant: str) -> str:
@@ -38,5 +53,5 @@ def expected_keys(
         relative += [key, f"{key}/delta", f"{key}/skipped"]
     if score_keys:
         relative += ["score", *(f"score/{key}" for key in score_keys)]
-    relative += ["time/sampling_s", "time/scoring_s"]
+    relative += COST_KEYS
     return sorted({f"{variant_prefix(v)}/{key}" for v in variants for key in relative})

@@ -10,6 +10,7 @@ from sdcallbacks.config.schema import (
     RunConfig,
     SamplingConfig,
     ScheduleConfig,
+    ScoringConfig,
 )
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "RunConfig",
     "SamplingConfig",
     "ScheduleConfig",
+    "ScoringConfig",
     "TagAccuracyConfig",
     "load_config",
     "validate_config",

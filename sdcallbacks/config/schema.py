@@ -145,6 +145,27 @@ class TrackersConfig(_Strict):
     images: bool = Field(True, description="Log one image grid per prompt per validation.")
 
 
+class ScoringConfig(_Strict):
+    """Where and when scoring runs, and what evaluators do between validations."""
+
+    mode: Literal["sync", "async"] = Field(
+        "sync",
+        description="async: sampling blocks training, scoring, logging and the checkpoint decision run in "
+        "a background thread; a decision reaches the loop at most one validation late.",
+    )
+    evaluators: Literal["offload", "resident"] | None = Field(
+        None,
+        description="offload: evaluators leave the accelerator after each validation; resident: they stay. "
+        "Default: offload on CUDA, resident on CPU (where there is nothing to free).",
+    )
+    wait_s: float = Field(
+        600.0,
+        ge=0.0,
+        description="How long on_train_end, state_dict and the next validation wait for an in-flight "
+        "scoring job before giving up on it (async).",
+    )
+
+
 class RunConfig(_Strict):
     """Everything the callback needs; loaded with :func:`sdcallbacks.config.load_config`."""
 
@@ -169,6 +190,7 @@ class RunConfig(_Strict):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig | None = None
     trackers: TrackersConfig = Field(default_factory=TrackersConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     on_error: Literal["warn", "raise"] = "warn"
 
     @model_validator(mode="after")

@@ -25,14 +25,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sdcallbacks.sampling.pipeline import TrainingModules
-from sdcallbacks.selection.snapshots import save_weights
+from sdcallbacks.selection.snapshots import WeightsSnapshot, save_weights
 
 
-def _atomic_write(modules: TrainingModules, final: Path) -> None:
+def _atomic_write(weights: TrainingModules | WeightsSnapshot, final: Path) -> None:
     staging = final.parent / f".tmp-{uuid.uuid4().hex}"
     previous = final.parent / f".old-{uuid.uuid4().hex}"
     try:
-        save_weights(modules, staging)
+        save_weights(weights, staging)
         if final.exists():
             os.replace(final, previous)  # a folder cannot be renamed over a non-empty one
         os.replace(staging, final)
@@ -99,9 +99,9 @@ class ModelCheckpoint:
             return True
         return self._better(score, self.best_k_models[self.kth_best_model_path])
 
-    def update(self, score: float, step: int, modules: TrainingModules) -> bool:
-        """Record one validation's ``score`` at ``step``; save what the settings ask for. Returns whether it
-        became the new best."""
+    def update(self, score: float, step: int, modules: TrainingModules | WeightsSnapshot) -> bool:
+        """Record one validation's ``score`` at ``step``; save what the settings ask for (from the live
+        ``modules`` or a snapshot of the step's weights). Returns whether it became the new best."""
         score = float(score)
         was_best = self.best_model_path
         if self._enters_top_k(score):

@@ -18,7 +18,7 @@ from sdcallbacks.config.schema import RunConfig
 from sdcallbacks.sampling.pipeline import TrainingModules
 from sdcallbacks.selection.checkpoint import ModelCheckpoint
 from sdcallbacks.selection.early_stopping import EarlyStopping, StoppingReason
-from sdcallbacks.selection.snapshots import load_weights
+from sdcallbacks.selection.snapshots import WeightsSnapshot, load_weights
 
 logger = logging.getLogger("sdcallbacks")
 
@@ -70,7 +70,9 @@ class Selection:
         self.restore_best_at_end = es.restore_best_at_end if es is not None else False
         self.history: list[tuple[int, float]] = []  # (step, monitored value)
 
-    def decide(self, step: int, values: dict[str, float], modules: TrainingModules) -> Decision:
+    def decide(
+        self, step: int, values: dict[str, float], modules: TrainingModules | WeightsSnapshot
+    ) -> Decision:
         if self.monitor is None:
             return Decision()
         if self.monitor not in values:

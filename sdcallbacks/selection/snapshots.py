@@ -5,10 +5,16 @@ A LoRA is written in diffusers format (``pytorch_lora_weights.safetensors``, loa
 so an un-copied snapshot would follow training. A full fine-tune writes the UNet with ``save_pretrained``.
 Never a pipeline ``save_pretrained``: with an injected adapter it writes ``base_layer`` keys that no
 loader reads.
+
+With background scoring (``scoring.mode: async``) the checkpoint decision comes after training has moved
+on, so the weights of the validated step are captured first as a :class:`WeightsSnapshot` (CPU copies:
+the LoRA layers, or the whole UNet for a full fine-tune, which costs its size in CPU memory per validation
+in flight) and written from there if the step turns out to be worth keeping.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -45,16 +51,55 @@ def lora_state_dicts(modules: TrainingModules) -> dict[str, dict[str, torch.Tens
     return out
 
 
-def save_weights(modules: TrainingModules, folder: Path) -> None:
-    """Write the trained weights into ``folder`` (LoRA if adapters are present, else the full UNet)."""
-    layers = lora_state_dicts(modules)
-    if layers:
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+def _save_lora(layers: dict[str, dict[str, torch.Tensor]], is_sdxl: bool, folder: Path) -> None:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-        pipeline_cls = StableDiffusionXLPipeline if modules.is_sdxl else StableDiffusionPipeline
-        pipeline_cls.save_lora_weights(folder, safe_serialization=True, **layers)
+    pipeline_cls = StableDiffusionXLPipeline if is_sdxl else StableDiffusionPipeline
+    pipeline_cls.save_lora_weights(folder, safe_serialization=True, **layers)
+
+
+@dataclass
+class WeightsSnapshot:
+    """The trained weights of one step, detached from training: LoRA layers, or the UNet's state dict (with
+    the UNet itself kept only for its unchanging config)."""
+
+    lora: dict[str, dict[str, torch.Tensor]]
+    is_sdxl: bool
+    unet_state: dict[str, torch.Tensor] | None = None
+    unet: torch.nn.Module | None = None
+
+    @classmethod
+    def capture(cls, modules: TrainingModules) -> WeightsSnapshot:
+        layers = lora_state_dicts(modules)
+        if layers:
+            return cls(layers, modules.is_sdxl)
+        unet = unwrap(modules.unet)
+        state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in unet.state_dict().items()}
+        return cls({}, modules.is_sdxl, state, unet)
+
+    def write(self, folder: Path) -> None:
+        if self.lora:
+            _save_lora(self.lora, self.is_sdxl, folder)
+            return
+        from safetensors.torch import save_file
+
+        target = Path(folder) / "unet"
+        target.mkdir(parents=True, exist_ok=True)
+        self.unet.save_config(target)
+        save_file(self.unet_state, target / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+
+
+def save_weights(weights: TrainingModules | WeightsSnapshot, folder: Path) -> None:
+    """Write the trained weights into ``folder`` (LoRA if adapters are present, else the full UNet), from
+    the live modules or from a snapshot taken earlier."""
+    if isinstance(weights, WeightsSnapshot):
+        weights.write(folder)
+        return
+    layers = lora_state_dicts(weights)
+    if layers:
+        _save_lora(layers, weights.is_sdxl, folder)
     else:
-        unwrap(modules.unet).save_pretrained(folder / "unet", safe_serialization=True)
+        unwrap(weights.unet).save_pretrained(folder / "unet", safe_serialization=True)
 
 
 def load_weights(modules: TrainingModules, folder: Path) -> None:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sdcallbacks.metrics.backbones.base import Backbone
+from sdcallbacks.metrics.backbones.base import SessionBackbone
 from sdcallbacks.metrics.backbones.onnx import fixed_batch, onnx_session
 from sdcallbacks.metrics.images import to_rgb
 from sdcallbacks.weights import resolve_file
@@ -36,7 +36,7 @@ def preprocess_anime_aesthetic(image: Image.Image, size: int = 768) -> np.ndarra
     return canvas.numpy()
 
 
-class AnimeAestheticNet(Backbone):
+class AnimeAestheticNet(SessionBackbone):
     def __init__(self, source: str, size: int = 768, device: str = "cpu", batch_size: int = 4):
         super().__init__(device, batch_size)
         self.source = source

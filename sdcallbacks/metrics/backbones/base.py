@@ -6,6 +6,11 @@ backbone has a ``key`` naming the model and its weights: metrics that ask the
 :class:`~sdcallbacks.metrics.backbones.pool.BackbonePool` for the same key get the same loaded instance,
 and a :class:`FeatureCache` runs each backbone at most once per batch of images, whichever metrics read
 its features.
+
+Placement (``scoring.evaluators``): :meth:`Backbone.offload` frees the accelerator after a validation
+(torch modules move to the CPU; ONNX Runtime sessions, which cannot move, are dropped and rebuilt from
+their file); the next :meth:`Backbone.embed` brings the weights back. Neither step draws random numbers,
+so both are safe in the background scoring thread, unlike the first load (see :meth:`ensure_loaded`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class Backbone(ABC):
         self.device = device
         self.batch_size = batch_size
         self._loaded = False
+        self._offloaded = False
 
     @property
     @abstractmethod
@@ -43,12 +49,38 @@ class Backbone(ABC):
         """Features of one batch of at most ``batch_size`` images."""
 
     def ensure_loaded(self) -> None:
-        if not self._loaded:
+        if self._offloaded:
+            self._onload()
+            self._offloaded = False
+        elif not self._loaded:
             # Building a network draws its random initialisation from the global generators before the
-            # weights overwrite it; mid-training, those are the training loop's streams.
+            # weights overwrite it; mid-training, those are the training loop's streams. (So the first
+            # load must happen in the training thread: restoring the streams from another thread would
+            # rewind draws the training loop made meanwhile.)
             with isolated_rng():
                 self.load()
             self._loaded = True
+
+    @property
+    def on_accelerator(self) -> bool:
+        return not str(self.device).startswith("cpu")
+
+    def offload(self) -> None:
+        """Free the accelerator's memory (weights go to the CPU); a no-op on the CPU or before loading."""
+        if self._loaded and not self._offloaded and self.on_accelerator:
+            self._offload()
+            self._offloaded = True
+
+    def _modules(self) -> list[torch.nn.Module]:
+        return [value for value in vars(self).values() if isinstance(value, torch.nn.Module)]
+
+    def _offload(self) -> None:
+        for module in self._modules():
+            module.to("cpu")
+
+    def _onload(self) -> None:
+        for module in self._modules():
+            module.to(self.device)
 
     @torch.inference_mode()
     def embed(self, images: Sequence[Image.Image]) -> Features:
@@ -63,6 +95,21 @@ class Backbone(ABC):
         if isinstance(parts[0], tuple):
             return tuple(torch.cat([p[i] for p in parts]) for i in range(len(parts[0])))
         return torch.cat(parts)
+
+
+class SessionBackbone(Backbone):
+    """A backbone run by ONNX Runtime: its sessions (the attributes named in ``sessions``) cannot move
+    between devices, so offloading drops them and the way back rebuilds them with :meth:`load` (which reads
+    the file again; no random initialisation is involved)."""
+
+    sessions: tuple[str, ...] = ("session",)
+
+    def _offload(self) -> None:
+        for name in self.sessions:
+            setattr(self, name, None)
+
+    def _onload(self) -> None:
+        self.load()
 
 
 class FeatureCache:

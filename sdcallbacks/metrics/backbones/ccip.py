@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sdcallbacks.metrics.backbones.base import Backbone
+from sdcallbacks.metrics.backbones.base import SessionBackbone
 from sdcallbacks.metrics.backbones.onnx import fixed_batch, onnx_session
 from sdcallbacks.metrics.images import to_rgb
 from sdcallbacks.weights import resolve_file
@@ -29,7 +29,9 @@ def preprocess_ccip(image: Image.Image, size: int = 384) -> np.ndarray:
     return (array.transpose(2, 0, 1) - CLIP_MEAN) / CLIP_STD
 
 
-class CCIPNet(Backbone):
+class CCIPNet(SessionBackbone):
+    sessions = ("feature_session", "metrics_session")
+
     def __init__(self, source: str, variant: str, device: str = "cpu", batch_size: int = 16):
         super().__init__(device, batch_size)
         self.source = source

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import torch
+
 from sdcallbacks.metrics.backbones.base import Backbone
 from sdcallbacks.metrics.backbones.references import ReferenceStore
 
@@ -23,6 +25,20 @@ class BackbonePool:
         """The pool's instance with ``backbone``'s key: ``backbone`` itself the first time (building a
         backbone is cheap; weights load on first use)."""
         return self._backbones.setdefault(backbone.key, backbone)  # type: ignore[return-value]
+
+    def load_all(self) -> None:
+        """Load every backbone now (in the training thread: a first load draws random numbers)."""
+        for backbone in self._backbones.values():
+            backbone.ensure_loaded()
+
+    def offload(self) -> None:
+        """Move every loaded backbone off the accelerator and return the freed blocks to the driver."""
+        moved = False
+        for backbone in self._backbones.values():
+            moved |= backbone.on_accelerator and backbone._loaded
+            backbone.offload()
+        if moved and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def __iter__(self) -> Iterator[Backbone]:
         return iter(self._backbones.values())

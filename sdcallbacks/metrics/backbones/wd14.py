@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sdcallbacks.metrics.backbones.base import Backbone
+from sdcallbacks.metrics.backbones.base import SessionBackbone
 from sdcallbacks.metrics.backbones.onnx import fixed_batch, onnx_session
 from sdcallbacks.metrics.images import to_rgb
 from sdcallbacks.weights import resolve_file
@@ -71,7 +71,7 @@ def preprocess_wd14(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(square, dtype=np.float32)[:, :, ::-1]
 
 
-class WD14Tagger(Backbone):
+class WD14Tagger(SessionBackbone):
     """An ONNX WD14 tagger; ``source`` is a hub repo id or a local folder/``model.onnx`` path. Features are
     the (N, n_tags) probabilities, one column per ``selected_tags.csv`` row."""
 

@@ -2,9 +2,14 @@
 
 torchmetrics' KID, FID and IS take a feature network; handing them :class:`FeatureRows` (the identity,
 with ``num_features`` so FID does not probe it) makes them run their own estimators on embeddings that
-the shared backbones already computed. Their subset sampling draws from torch's global generator, so
-:func:`seeded` runs them under a fixed seed and restores every global random stream afterwards: the
-result is reproducible and training's random draws are untouched.
+the shared backbones already computed.
+
+KID and IS shuffle features with ``torch.randperm`` on torch's global generator. Saving and restoring that
+generator around them is not enough once scoring runs in a background thread (``scoring.mode: async``):
+the training thread may draw in between and the restore would rewind it. So those two draw their
+permutations from a private :func:`seeded_generator` instead; a CPU ``torch.Generator`` seeded with ``s``
+yields the same permutations as the global one after ``torch.manual_seed(s)``, so values equal
+torchmetrics' own under that seed (tested).
 """
 
 from __future__ import annotations
@@ -16,9 +21,6 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from sdcallbacks.sampling.rng import isolated_rng
-
-T = TypeVar("T")
 M = TypeVar("M")
 
 
@@ -39,7 +41,6 @@ def on_features(metric_class: Callable[..., M], num_features: int, **kwargs: Any
         return metric_class(feature=FeatureRows(num_features), **kwargs)
 
 
-def seeded(seed: int, fn: Callable[[], T]) -> T:
-    with isolated_rng():
-        torch.manual_seed(seed)
-        return fn()
+def seeded_generator(seed: int) -> torch.Generator:
+    """A private CPU generator: reproducible draws that never touch the global streams."""
+    return torch.Generator().manual_seed(seed)

@@ -1,6 +1,9 @@
 """``kid``: Kernel Inception Distance between the validation images and a reference folder, computed by
-torchmetrics' ``KernelInceptionDistance`` (its unbiased polynomial-kernel MMD estimator and defaults:
-100 subsets of 1000, degree 3, gamma 1/d, coef 1) on CLIP image embeddings by default.
+torchmetrics' unbiased polynomial-kernel MMD (``poly_mmd``) over random subsets, as its
+``KernelInceptionDistance`` does (defaults: 100 subsets of 1000, degree 3, gamma 1/d, coef 1), on CLIP
+image embeddings by default. The subsets are drawn from a private seeded generator (the global one is
+training's), in torchmetrics' order, so the value equals ``KernelInceptionDistance`` after
+``torch.manual_seed(seed)``.
 
 ``subset_size`` is capped at the smaller set (torchmetrics raises otherwise); with a handful of
 validation images KID is noisy, which ``kid/std`` (the spread over subsets) shows. Subsets are drawn
@@ -13,12 +16,13 @@ from __future__ import annotations
 import logging
 from typing import ClassVar
 
-from torchmetrics.image.kid import KernelInceptionDistance
+import torch
+from torchmetrics.image.kid import poly_mmd
 
 from sdcallbacks.config.metrics import KidConfig
 from sdcallbacks.metrics.backbones.clip import ClipBackbone
 from sdcallbacks.metrics.base import ImageBatch, SetMetric
-from sdcallbacks.metrics.distribution.features import on_features, seeded
+from sdcallbacks.metrics.distribution.features import seeded_generator
 from sdcallbacks.metrics.registry import register_metric
 
 logger = logging.getLogger("sdcallbacks")
@@ -43,16 +47,11 @@ class Kid(SetMetric):
         if subset_size < 2:
             logger.warning("sdcallbacks: kid needs at least 2 images on each side; got %d", subset_size)
             return {self.name: None, f"{self.name}/std": None}
-        kid = on_features(
-            KernelInceptionDistance,
-            generated.shape[1],
-            subsets=cfg.subsets,
-            subset_size=subset_size,
-            degree=cfg.degree,
-            gamma=cfg.gamma,
-            coef=cfg.coef,
-        )
-        kid.update(self.references, real=True)
-        kid.update(generated, real=False)
-        mean, std = seeded(cfg.seed, kid.compute)
-        return {self.name: float(mean), f"{self.name}/std": float(std)}
+        generator = seeded_generator(cfg.seed)
+        scores = []
+        for _ in range(cfg.subsets):
+            real = self.references[torch.randperm(len(self.references), generator=generator)[:subset_size]]
+            fake = generated[torch.randperm(len(generated), generator=generator)[:subset_size]]
+            scores.append(poly_mmd(real, fake, cfg.degree, cfg.gamma, cfg.coef))
+        stacked = torch.stack(scores)
+        return {self.name: float(stacked.mean()), f"{self.name}/std": float(stacked.std(unbiased=False))}

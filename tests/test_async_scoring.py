@@ -1,0 +1,225 @@
+"""``scoring.mode: async``: scoring in a background thread gives the same results at the same steps, never
+touches training's random streams, surfaces its errors, and is waited for at the end."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sdcallbacks import ValidationCallback
+from sdcallbacks.config import validate_config
+from sdcallbacks.metrics import build_metrics
+from sdcallbacks.outputs import read_metrics
+from sdcallbacks.testing.modules import perturb_lora, tiny_lora_modules
+from tests.helpers import MeanBrightness, logged_aggregates, start
+
+
+def config(tmp_path, tagger_dir, mode, **overrides):
+    data = {
+        "output_dir": str(tmp_path / mode),
+        "prompts": [{"name": "red", "prompt": "red square, white background", "seeds": [1, 2]}],
+        "defaults": {"num_images": 2, "width": 32, "height": 32, "steps": 2, "guidance_scale": 2.0},
+        "schedule": {"every_n_steps": 2},
+        "metrics": {"tag_accuracy": {"model": str(tagger_dir)}},
+        "monitor": "val/brightness/mean",
+        "early_stopping": {"patience": 2},
+        "scoring": {"mode": mode},
+    }
+    data.update(overrides)
+    return data
+
+
+def callback(data, metric=None):
+    """The configured WD14 tagger (ONNX Runtime in the scoring thread) plus a brightness metric to monitor."""
+    cfg = validate_config(data)
+    metrics = [*build_metrics(cfg.metrics.enabled()), metric or MeanBrightness()]
+    return ValidationCallback(cfg, metrics=metrics)
+
+
+def train(cb, modules, steps: int):
+    """A stand-in training loop: a global random draw (as noise sampling does) and an update per step."""
+    draws, stopped_at = [], None
+    torch.manual_seed(7)
+    start(cb, modules)
+    for step in range(1, steps + 1):
+        draws.append(torch.rand(1).item())
+        perturb_lora(modules, step)
+        if cb.on_step_end(step).should_stop:
+            stopped_at = step
+            break
+    cb.on_train_end()
+    return draws, stopped_at
+
+
+def test_async_equals_sync_at_the_same_steps_and_stops_at_most_one_validation_late(
+    tmp_path, tagger_dir, clip_tokenizer
+):
+    runs = {}
+    for mode in ("sync", "async"):
+        cb = callback(config(tmp_path, tagger_dir, mode))
+        torch.manual_seed(7)
+        draws, stopped_at = train(cb, tiny_lora_modules(clip_tokenizer), steps=20)
+        runs[mode] = (cb, draws, stopped_at)
+    (sync, sync_draws, sync_stop), (background, async_draws, async_stop) = runs["sync"], runs["async"]
+    torch.manual_seed(7)
+    undisturbed = [torch.rand(1).item() for _ in range(max(len(sync_draws), len(async_draws)))]
+    # Training's draws are those of a run without validation, whether scoring ran beside it or not.
+    assert sync_draws == undisturbed[: len(sync_draws)] and async_draws == undisturbed[: len(async_draws)]
+
+    assert sync_stop is not None  # patience 2 on a random walk: it stops
+    assert sync_stop <= async_stop <= sync_stop + 2  # every_n_steps 2: at most one validation late
+    sync_rows, async_rows = logged_aggregates(tmp_path / "sync"), logged_aggregates(tmp_path / "async")
+    assert async_rows[: len(sync_rows)] == sync_rows  # the same values, logged at their own steps
+    assert all(step <= async_stop for step, _, _ in async_rows)
+    assert background.best_step == sync.best_step and background.best_score == sync.best_score
+    # The checkpoint holds the validated step's weights (copied before training moved on).
+    best = "pytorch_lora_weights.safetensors"
+    ours, theirs = (load_file(f"{cb.best_model_path}/{best}") for cb in (background, sync))
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    values = async_rows[-1][2]
+    assert "val/brightness/mean" in values
+    raw = [r for r in read_metrics(tmp_path / "async" / "metrics.jsonl") if r["type"] == "aggregate"]
+    assert {"val/time/sampling_s", "val/time/scoring_s", "val/time/blocked_s", "val/rss_mb"} <= set(
+        raw[-1]["values"]
+    )
+
+
+class GatedMetric(MeanBrightness):
+    """Scores only once the test opens the gate: scoring is visibly still running."""
+
+    gate = threading.Event()
+
+    def compute(self, batch):
+        assert self.gate.wait(60), "the test never opened the gate"
+        return super().compute(batch)
+
+
+def test_training_goes_on_while_scoring_runs_and_the_end_waits_for_it(tmp_path, tagger_dir, tiny_modules):
+    cfg = config(tmp_path, tagger_dir, "async", sampling={"baseline": False}, early_stopping=None)
+    gated = GatedMetric()
+    cb = callback(cfg, gated)
+    start(cb, tiny_modules)
+    gated.gate.clear()
+    control = cb.on_step_end(2)  # returns with the job blocked inside scoring
+    assert control.should_validate and not cb._pending.done()
+    assert not cb.on_step_end(3).should_validate  # the loop goes on
+    assert not (tmp_path / "async" / "metrics.jsonl").exists()  # nothing scored yet
+    threading.Timer(0.5, gated.gate.set).start()
+    cb.on_train_end()  # waits for the job, then its results are written
+    rows = logged_aggregates(tmp_path / "async")
+    assert [step for step, _, _ in rows] == [2] and "val/brightness/mean" in rows[0][2]
+    assert cb.best_step == 2
+
+
+def test_the_wait_at_the_end_is_bounded(tmp_path, tagger_dir, tiny_modules, caplog):
+    cfg = config(
+        tmp_path,
+        tagger_dir,
+        "async",
+        sampling={"baseline": False},
+        early_stopping=None,
+        scoring={"mode": "async", "wait_s": 0.2},
+    )
+    gated = GatedMetric()
+    cb = callback(cfg, gated)
+    start(cb, tiny_modules)
+    gated.gate.clear()
+    cb.on_step_end(2)
+    with caplog.at_level(logging.ERROR, logger="sdcallbacks"):
+        cb.on_train_end()  # gives up after wait_s instead of hanging
+    assert "scoring job of step 2 is still running after scoring.wait_s=0.2 s" in caplog.text
+    gated.gate.set()
+    assert cb._pending.wait(60)
+
+
+class FailAtStep:
+    def __init__(self, writer, step):
+        self.write_grid, self.step = writer.write_grid, step
+
+    def __call__(self, step, *args):
+        if step == self.step:
+            raise OSError("disk full")
+        return self.write_grid(step, *args)
+
+
+@pytest.mark.parametrize("on_error", ["warn", "raise"])
+def test_a_failing_job_is_logged_counted_and_loses_nothing_earlier(
+    tmp_path, tagger_dir, tiny_modules, caplog, on_error
+):
+    cfg = config(tmp_path, tagger_dir, "async", early_stopping=None, on_error=on_error)
+    cb = callback(cfg)
+    cb.writer.write_grid = FailAtStep(cb.writer, 4)
+    start(cb, tiny_modules)
+    cb.on_step_end(2)
+    with caplog.at_level(logging.ERROR, logger="sdcallbacks"):
+        cb.on_step_end(4)
+        cb._pending.wait(60)
+        if on_error == "raise":
+            from sdcallbacks.callback import ValidationFailed
+
+            with pytest.raises(ValidationFailed, match="disk full"):
+                cb.on_step_end(5)
+            return
+        cb.on_step_end(5)  # collected here, in the training thread
+    assert cb.failed_validations == 1
+    assert "background scoring of the validation at step 4 failed" in caplog.text
+    assert "OSError: disk full" in caplog.text
+    cb.on_step_end(6)
+    cb.on_train_end()
+    steps = [step for step, _, _ in logged_aggregates(tmp_path / "async")]
+    assert steps == [0, 2, 6]  # step 4 lost its grid write and its aggregate; nothing before or after
+
+
+# -- evaluator placement (scoring.evaluators) ------------------------------------------------------
+
+
+def test_evaluators_offload_by_default_on_cuda_and_stay_on_the_cpu(tmp_path, tagger_dir):
+    on_cpu = callback(config(tmp_path, tagger_dir, "sync"))
+    assert on_cpu.evaluators == "resident"  # nothing to free
+    data = config(tmp_path, tagger_dir, "sync")
+    data["metrics"]["device"] = "cuda:0"  # evaluators load lazily: nothing touches CUDA here
+    assert callback(data).evaluators == "offload"
+    data["scoring"]["evaluators"] = "resident"
+    assert callback(data).evaluators == "resident"
+
+
+def test_an_offloaded_onnx_session_is_dropped_and_rebuilt_alike(evaluators):
+    from sdcallbacks.metrics.backbones.wd14 import WD14Tagger
+    from sdcallbacks.testing.shapes import draw_square
+
+    rng = np.random.default_rng(0)
+    images = [draw_square(c, "white", 64, rng) for c in ("red", "green", "blue")]
+    # device "cuda" with no CUDA provider runs on the CPU provider; the placement steps are the same.
+    tagger = WD14Tagger(str(evaluators.tagger), device="cuda")
+    before = tagger.embed(images)
+    tagger.offload()
+    assert tagger.session is None  # ONNX Runtime sessions cannot move: freed
+    assert torch.equal(tagger.embed(images), before) and tagger.session is not None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("placement", ["offload", "resident"])
+def test_cuda_memory_after_a_validation(tmp_path, evaluators, tiny_modules, placement):
+    clip = {"model": evaluators.clip, "pretrained": None}
+    data = config(tmp_path, evaluators.tagger, "sync", sampling={"baseline": False}, early_stopping=None)
+    data["metrics"] = {"tag_accuracy": {"model": str(evaluators.tagger)}, "clip_score": {"clip": clip}}
+    data["scoring"]["evaluators"] = placement
+    cb = callback(data)
+    for module in tiny_modules.torch_modules():
+        module.to("cuda")
+    start(cb, tiny_modules)
+    cb.on_step_end(2)  # loads the evaluators
+    cb.on_step_end(4)
+    values = [r for r in read_metrics(tmp_path / "sync" / "metrics.jsonl") if r["type"] == "aggregate"][-1]
+    assert values["values"]["val/peak_mem_mb"] > 0
+    clip_backbone = next(iter(cb._pools[0]))
+    if placement == "offload":
+        assert abs(values["values"]["val/mem_delta_mb"]) < 50
+        assert all(p.device.type == "cpu" for p in clip_backbone.model.parameters())
+    else:
+        assert all(p.device.type == "cuda" for p in clip_backbone.model.parameters())
