@@ -314,6 +314,7 @@ class ValidationCallback:
                 if world == 1:
                     raise
                 failure = traceback.format_exc()
+        waited = time.perf_counter() - started
         meter = MemoryMeter(self.sampler.device)
         meter.start()
         for variant in self._variants(baseline):
@@ -338,7 +339,7 @@ class ValidationCallback:
                     failure = traceback.format_exc()
         if sampled and failure is None:
             try:
-                self._submit(step, baseline, sampled, blocked_since=started)
+                self._submit(step, baseline, sampled, blocked_since=started, waited=waited)
             except Exception:
                 if world == 1:
                     raise
@@ -400,8 +401,12 @@ class ValidationCallback:
 
     # -- background scoring (scoring.mode: async) -------------------------------------------------
 
-    def _submit(self, step: int, baseline: bool, sampled: list[SampledVariant], blocked_since: float) -> None:
-        """Hand one validation's images to a background thread (main process)."""
+    def _submit(
+        self, step: int, baseline: bool, sampled: list[SampledVariant], blocked_since: float, waited: float
+    ) -> None:
+        """Hand one validation's images to a background thread (main process). ``time/blocked_s`` is how
+        long the loop was held, ``time/waited_s`` the part of it spent waiting for the previous job (more
+        than 0 when validations come faster than scoring)."""
         if self._pending is not None:
             raise ValidationFailed(
                 f"the scoring job of step {self._pending_step} is still running after scoring.wait_s="
@@ -417,7 +422,7 @@ class ValidationCallback:
         weights = WeightsSnapshot.capture(self.modules) if decides else self.modules
         blocked = time.perf_counter() - blocked_since
         for part in sampled:
-            part.extras["time/blocked_s"] = blocked
+            part.extras.update({"time/blocked_s": blocked, "time/waited_s": waited})
 
         def job() -> Decision:
             decision = Decision()
@@ -460,9 +465,14 @@ class ValidationCallback:
             return None
         return job.result
 
-    def _collected_control(self) -> Control:
-        """One process: the finished job's decision, acted on at the first step after it finished."""
-        decision = self._collect(wait=False)
+    def wait_for_scoring(self) -> Control:
+        """Block until the background scoring job in flight, if any, has finished and been collected
+        (``scoring.wait_s`` at most; main process); what its decision asks of the loop."""
+        return self._collected_control(wait=True)
+
+    def _collected_control(self, wait: bool = False) -> Control:
+        """The finished job's decision; with one process acted on at the first step after it finished."""
+        decision = self._collect(wait=wait)
         if decision is None:
             return _CONTINUE
         return Control(should_stop=decision.stop, should_save=decision.new_best)

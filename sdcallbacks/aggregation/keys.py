@@ -12,6 +12,7 @@ COST_KEYS = (
     "time/sampling_s",
     "time/scoring_s",
     "time/blocked_s",
+    "time/waited_s",
     "peak_mem_mb",
     "mem_delta_mb",
     "rss_mb",

@@ -28,17 +28,20 @@ VGGFACE2_CLASSES = 8631
 
 
 def write_tiny_open_clip(folder: Path, seed: int = 0) -> Path:
+    return write_open_clip(folder, TINY_CLIP_CONFIG, seed)
+
+
+def write_open_clip(folder: Path, model_cfg: dict, seed: int = 0) -> Path:
+    """An open_clip ``local-dir`` folder for ``model_cfg`` (e.g. ``open_clip.get_model_config("ViT-B-16")``
+    for the benchmarks' mid-size model) with random weights."""
     import open_clip
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = open_clip.CLIP(
-        **{k: v for k, v in TINY_CLIP_CONFIG.items() if k != "quick_gelu"},
-        quick_gelu=TINY_CLIP_CONFIG["quick_gelu"],
-    )
+    model = open_clip.CLIP(**model_cfg)
     config = {
-        "model_cfg": TINY_CLIP_CONFIG,
+        "model_cfg": model_cfg,
         "preprocess_cfg": {
             "mean": list(OPENAI_MEAN),
             "std": list(OPENAI_STD),
