@@ -3,7 +3,7 @@
 Each process gets one CPU thread (``OMP_NUM_THREADS=1``), so 2 processes use 2 cores; on a 2-core
 machine that is all there is, and the ideal speed-up is 2x. One process with 2 threads is shown too, for
 what a single process makes of the same cores. The tiny-world UNet/VAE/text encoder (random weights),
-16 images of 64 px, 10 steps, classifier-free guidance; gloo. Run: ``python bench/bench_processes.py``.
+16 images of 64 px, 6 steps, classifier-free guidance; gloo. Run: ``python bench/bench_processes.py``.
 """
 
 from __future__ import annotations

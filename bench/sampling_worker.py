@@ -26,7 +26,7 @@ def main(result: Path) -> None:
             {
                 "output_dir": str(Path(tmp) / "out"),
                 "prompts": [{"prompt": f"{c} square"} for c in ("red", "green", "blue", "yellow")],
-                "defaults": {"num_images": 4, "width": 64, "height": 64, "steps": 10},
+                "defaults": {"num_images": 4, "width": 64, "height": 64, "steps": 6},
                 "sampling": {"batch_size": 2, "baseline": False},
                 "schedule": {"every_n_steps": 1},
                 "trackers": {"images": False},

@@ -1,7 +1,8 @@
 """One process of the multi-process test, launched by torchrun: a short run with validations every 2 steps.
 
 Usage: python -m torch.distributed.run --nproc_per_node N tests/multiprocess_worker.py OUT TOKENIZER_DIR CLIP
-With FAIL_ON_LAST_RANK_AT=<step>, sampling raises on the last process at that step.
+With FAIL_ON_LAST_RANK_AT=<step>, sampling raises on the last process at that step; SCORING_MODE=async scores
+in the background.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main(out: Path, tokenizer_dir: Path, clip: str) -> None:
         "monitor": "val/brightness/mean",
         "checkpoint": {"save_top_k": 1},
         "early_stopping": {"patience": 1, "restore_best_at_end": True},
+        "scoring": {"mode": os.environ.get("SCORING_MODE", "sync")},
     }
     config = validate_config(data)
     metrics = [MeanBrightness(), *build_metrics(config.metrics.enabled())]

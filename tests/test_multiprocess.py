@@ -92,3 +92,27 @@ def test_a_failure_on_one_process_fails_the_validation_on_all_without_a_hang(tmp
     assert ranks[0]["controls"] == ranks[1]["controls"]
     steps = {r["step"] for r in records(tmp_path / "out", "aggregate")}
     assert 4 not in steps and {0, 2, 6} <= steps  # training went on; earlier records kept
+
+
+def test_two_processes_with_background_scoring_agree_and_stop_one_validation_late(tmp_path, evaluators):
+    ranks = launch(2, tmp_path / "out", tmp_path / "tok", evaluators.clip, SCORING_MODE="async")
+    assert ranks[0]["controls"] == ranks[1]["controls"]
+    assert ranks[0]["failed_validations"] == ranks[1]["failed_validations"] == 0
+    logged = {step: values["val/brightness/mean"] for step, _, values in logged_aggregates(tmp_path / "out")}
+    # Where patience 1 stops on these values (the first validation that does not beat the best so far) ...
+    best, due = logged[2], None
+    for step in sorted(s for s in logged if s > 2):
+        if logged[step] <= best:
+            due = step
+            break
+        best = logged[step]
+    assert due is not None
+    # ... and where the ranks stopped: with several processes, the decision travels with the next validation.
+    stopped = [control[0] for control in ranks[0]["controls"][1:] if control[2]]
+    assert stopped[0] == min(due + 2, 10)
+    assert (
+        ranks[0]["best_step"]
+        == ranks[1]["best_step"]
+        == max((s for s in logged if 0 < s <= due), key=logged.get)
+    )
+    assert ranks[0]["lora_sum"] == pytest.approx(ranks[1]["lora_sum"])  # restored alike on both ranks

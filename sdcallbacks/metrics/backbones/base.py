@@ -62,6 +62,11 @@ class Backbone(ABC):
             self._loaded = True
 
     @property
+    def loaded(self) -> bool:
+        """Whether the weights were loaded (offloaded ones included)."""
+        return self._loaded
+
+    @property
     def on_accelerator(self) -> bool:
         return not str(self.device).startswith("cpu")
 

@@ -27,15 +27,17 @@ class BackbonePool:
         return self._backbones.setdefault(backbone.key, backbone)  # type: ignore[return-value]
 
     def load_all(self) -> None:
-        """Load every backbone now (in the training thread: a first load draws random numbers)."""
+        """First-load every backbone now (in the training thread: a first load draws random numbers).
+        Offloaded ones stay where they are: they move back when they are next used."""
         for backbone in self._backbones.values():
-            backbone.ensure_loaded()
+            if not backbone.loaded:
+                backbone.ensure_loaded()
 
     def offload(self) -> None:
         """Move every loaded backbone off the accelerator and return the freed blocks to the driver."""
         moved = False
         for backbone in self._backbones.values():
-            moved |= backbone.on_accelerator and backbone._loaded
+            moved |= backbone.on_accelerator and backbone.loaded
             backbone.offload()
         if moved and torch.cuda.is_available():
             torch.cuda.empty_cache()
