@@ -10,34 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
+from sdcallbacks.testing.launch import torchrun_command
+
 WORKER = Path(__file__).resolve().parent / "sampling_worker.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(processes: int, threads: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
-        command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            f"--nproc_per_node={processes}",
-            "--master_addr=127.0.0.1",
-            f"--master_port={free_port()}",
-            str(WORKER),
-            str(result),
-        ]
+        command = torchrun_command(processes, WORKER, str(result))
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
         if done.returncode:

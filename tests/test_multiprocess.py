@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,32 +16,16 @@ import pytest
 from PIL import Image
 
 from sdcallbacks.outputs import read_metrics
+from sdcallbacks.testing.launch import torchrun_command
 from tests.helpers import logged_aggregates
 
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 TIMEOUT_S = 300  # a hang fails the test instead of the suite
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(processes: int, out: Path, tokenizer_dir: Path, clip: str, **env_vars: str) -> list[dict]:
     out.mkdir()
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc_per_node={processes}",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        str(WORKER),
-        str(out),
-        str(tokenizer_dir),
-        clip,
-    ]
+    command = torchrun_command(processes, WORKER, str(out), str(tokenizer_dir), clip)
     env = {**os.environ, "OMP_NUM_THREADS": "1", **env_vars}
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
