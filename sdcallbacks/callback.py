@@ -38,6 +38,8 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,8 +108,8 @@ class SampledVariant:
     extras: dict[str, float] = field(default_factory=dict)  # time/..., memory figures
 
 
-def _control(decision: Decision) -> Control:
-    return Control(should_validate=True, should_stop=decision.stop, should_save=decision.new_best)
+def _control(decision: Decision, validated: bool = True) -> Control:
+    return Control(should_validate=validated, should_stop=decision.stop, should_save=decision.new_best)
 
 
 class ValidationCallback:
@@ -306,22 +308,18 @@ class ValidationCallback:
         rank, world = self._world
         local_jobs = self.jobs[rank::world]  # strided split: no padding duplicates
         started = time.perf_counter()
-        decision, failure, sampled = Decision(), None, []
+        decision, failures, sampled = Decision(), [], []
         if self.background and self.is_main_process:
-            try:  # the previous job first: at most one in flight, decisions at most one validation late
+            with self._carried(failures):  # the previous job first: one in flight, decisions <= 1 late
                 decision = self._collect(wait=True) or decision
-            except Exception:
-                if world == 1:
-                    raise
-                failure = traceback.format_exc()
         waited = time.perf_counter() - started
         meter = MemoryMeter(self.sampler.device)
         meter.start()
         for variant in self._variants(baseline):
             records, images, extras, error = self._sample_and_score(step, variant, local_jobs, world)
             records, images, errors = self._gather(records, images, error)
-            if self.is_main_process and failure is None:
-                try:
+            if self.is_main_process and not failures:
+                with self._carried(failures):
                     if errors:
                         raise ValidationFailed("\n".join(errors))
                     part = SampledVariant(variant, records, images, self._loss(variant, step), extras)
@@ -333,25 +331,29 @@ class ValidationCallback:
                             values = self._score_and_report(step, part, baseline, meter, per_image=False)
                         if self._decides(variant, baseline):
                             decision = self._decide(step, values, self.modules)
-                except Exception:
-                    if world == 1:
-                        raise
-                    failure = traceback.format_exc()
-        if sampled and failure is None:
-            try:
+        if sampled and not failures:
+            with self._carried(failures):
                 self._submit(step, baseline, sampled, blocked_since=started, waited=waited)
-            except Exception:
-                if world == 1:
-                    raise
-                failure = traceback.format_exc()
         # Decided once, on the main process; every process gets the same answer and the same bookkeeping
         # (best path and score, patience), so each can act on it (a collective on all processes).
+        failure = failures[0] if failures else None
         decision, selection, failure = self._broadcast((decision, self.selection.state_dict(), failure))
         if failure is not None:
             raise ValidationFailed(failure)
         if not self.is_main_process:
             self.selection.load_state_dict(selection)
         return decision
+
+    @contextmanager
+    def _carried(self, failures: list[str]) -> Iterator[None]:
+        """Main-process work between collectives: with one process an error propagates; with several it is
+        kept in ``failures`` for the broadcast, so every process still makes the same collective calls."""
+        try:
+            yield
+        except Exception:
+            if self._world[1] == 1:
+                raise
+            failures.append(traceback.format_exc())
 
     def _sample_and_score(self, step: int, variant: str, jobs: list, world: int):
         """This process's share: images, and per-image scores unless scoring runs in the background; an
@@ -473,20 +475,15 @@ class ValidationCallback:
     def _collected_control(self, wait: bool = False) -> Control:
         """The finished job's decision; with one process acted on at the first step after it finished."""
         decision = self._collect(wait=wait)
-        if decision is None:
-            return _CONTINUE
-        return Control(should_stop=decision.stop, should_save=decision.new_best)
+        return _CONTINUE if decision is None else _control(decision, validated=False)
 
     def _finish_background(self, control: Control) -> Control:
         """``on_train_end``: wait for the job in flight (bounded), then give every process its outcome."""
-        decision, failure = None, None
+        decision, failures = None, []
         if self.is_main_process:
-            try:
+            with self._carried(failures):
                 decision = self._collect(wait=True)
-            except Exception:
-                if self._world[1] == 1:
-                    raise
-                failure = traceback.format_exc()
+        failure = failures[0] if failures else None
         decision, selection, failure = self._broadcast((decision, self.selection.state_dict(), failure))
         if not self.is_main_process:
             self.selection.load_state_dict(selection)
@@ -566,32 +563,29 @@ class ValidationCallback:
         baseline: bool,
     ) -> dict[str, float]:
         """Local files, aggregates and trackers for one variant (main process); returns the aggregates."""
-        with self._report_lock:
-            return self._report_locked(step, variant, records, sets, images, extras, baseline)
-
-    def _report_locked(self, step, variant, records, sets, images, extras, baseline) -> dict[str, float]:
-        label = "base" if baseline else variant
-        self._write_files(step, label, records, images)
-        if baseline:
-            self.baseline[variant] = records
-            self.baseline_sets[variant] = sets
-        values = self._aggregate(records, sets, variant, baseline)
-        prefix = variant_prefix(variant)
-        values.update({f"{prefix}/{k}": v for k, v in extras.items()})
-        self.writer.append_aggregate(step, label, values, baseline=baseline)
-        self.history.append({"step": float(step), **values})
-        self.trackers.log_validation(
-            ValidationLog(
-                step=step,
-                prefix=prefix,
-                scalars=values,
-                prompt_grids=prompt_grids(self.jobs, images) if self.config.trackers.images else {},
-                records=records,
-                images=images,
-                score_keys=self.image_score_keys,
+        with self._report_lock:  # the scoring thread and the loop both write
+            label = "base" if baseline else variant
+            self._write_files(step, label, records, images)
+            if baseline:
+                self.baseline[variant] = records
+                self.baseline_sets[variant] = sets
+            values = self._aggregate(records, sets, variant, baseline)
+            prefix = variant_prefix(variant)
+            values.update({f"{prefix}/{k}": v for k, v in extras.items()})
+            self.writer.append_aggregate(step, label, values, baseline=baseline)
+            self.history.append({"step": float(step), **values})
+            self.trackers.log_validation(
+                ValidationLog(
+                    step=step,
+                    prefix=prefix,
+                    scalars=values,
+                    prompt_grids=prompt_grids(self.jobs, images) if self.config.trackers.images else {},
+                    records=records,
+                    images=images,
+                    score_keys=self.image_score_keys,
+                )
             )
-        )
-        return values
+            return values
 
     def _write_files(
         self, step: int, label: str, records: list[ImageRecord], images: list[Image.Image]

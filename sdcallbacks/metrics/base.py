@@ -28,7 +28,7 @@ from PIL import Image
 from sdcallbacks.config.metrics import MetricConfig
 from sdcallbacks.metrics.backbones import BackbonePool, FeatureCache
 from sdcallbacks.prompts.library import ImageJob
-from sdcallbacks.sampling.rng import isolated_rng
+from sdcallbacks.sampling.rng import isolated_load
 
 Scores = dict[str, list[float | None]]
 
@@ -105,10 +105,7 @@ class Metric(ABC):
 
     def ensure_loaded(self) -> None:
         if not self._loaded:
-            # Building a network draws its random initialisation from the global generators before the
-            # weights overwrite it; mid-training, those are the training loop's streams.
-            with isolated_rng():
-                self.load()
+            isolated_load(self.load)
             self._loaded = True
 
     @abstractmethod

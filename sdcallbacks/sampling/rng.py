@@ -9,7 +9,7 @@ training loop's draws after a validation are bit-identical to a run without vali
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -49,3 +49,12 @@ def isolated_rng(cuda_devices: Sequence[int] | None = None) -> Iterator[RNGState
         yield state
     finally:
         state.restore()
+
+
+def isolated_load(load: Callable[[], None]) -> None:
+    """Run an evaluator's first load with every global random stream restored afterwards: building a
+    network draws its random initialisation from the global generators before the weights overwrite it,
+    and mid-training those are the training loop's streams. Call it from the training thread: restoring
+    the streams from another thread would rewind draws the training loop made meanwhile."""
+    with isolated_rng():
+        load()

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
-from sdcallbacks.sampling.rng import isolated_rng
+from sdcallbacks.sampling.rng import isolated_load
 
 Features = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -53,12 +53,7 @@ class Backbone(ABC):
             self._onload()
             self._offloaded = False
         elif not self._loaded:
-            # Building a network draws its random initialisation from the global generators before the
-            # weights overwrite it; mid-training, those are the training loop's streams. (So the first
-            # load must happen in the training thread: restoring the streams from another thread would
-            # rewind draws the training loop made meanwhile.)
-            with isolated_rng():
-                self.load()
+            isolated_load(self.load)
             self._loaded = True
 
     @property
