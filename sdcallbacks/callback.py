@@ -35,6 +35,7 @@ after every validation, ``resident`` keeps them there. ``val/peak_mem_mb`` (CUDA
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 import traceback
@@ -50,7 +51,7 @@ from PIL import Image
 from sdcallbacks.aggregation.composite import ScoreWeight, composite_score
 from sdcallbacks.aggregation.keys import variant_prefix
 from sdcallbacks.aggregation.records import ImageRecord, aggregate, record_scores, set_values
-from sdcallbacks.config.loading import load_config, validate_config
+from sdcallbacks.config.loading import ConfigError, load_config, validate_config
 from sdcallbacks.config.schema import RunConfig
 from sdcallbacks.metrics import BackbonePool, ImageBatch, KeySpec, Metric, build_metrics
 from sdcallbacks.metrics.base import ImageMetric
@@ -63,7 +64,7 @@ from sdcallbacks.sampling.pipeline import TrainingModules
 from sdcallbacks.sampling.rng import isolated_rng
 from sdcallbacks.sampling.sampler import ValidationSampler, _has_adapters
 from sdcallbacks.sampling.schedule import ValidationSchedule
-from sdcallbacks.selection.checks import check_selection, variants
+from sdcallbacks.selection.checks import check_config, variants
 from sdcallbacks.selection.monitor import Decision, Selection
 from sdcallbacks.selection.snapshots import WeightsSnapshot
 from sdcallbacks.trackers import TrackerLogger, ValidationLog
@@ -140,7 +141,7 @@ class ValidationCallback:
         self.image_score_keys = sorted(
             key for m in self.metrics if isinstance(m, ImageMetric) for key in m.output_keys()
         )
-        check_selection(config, self.metrics)  # a located config error now, not hours into training
+        check_config(config, self.metrics)  # a located config error now, not hours into training
         self.score_weights = {
             key: ScoreWeight(
                 term.weight, term.mode == "max" if term.mode else self.key_specs[key].higher_is_better
@@ -169,6 +170,7 @@ class ValidationCallback:
         self._pending: BackgroundJob[Decision] | None = None
         self._pending_step: int | None = None
         self._report_lock = threading.Lock()  # the scoring thread and the loop both write files/trackers
+        self._resumed = False  # load_state_dict ran: on_train_start continues the run's outputs
         if register and accelerator is not None:
             # accelerator.save_state/load_state then carry the callback's bookkeeping.
             accelerator.register_for_checkpointing(self)
@@ -225,10 +227,42 @@ class ValidationCallback:
             mixed_precision=mixed,
         )
         self.schedule.start(global_step, steps_per_epoch)
+        self._claim_output_dir(resumed=self._resumed or global_step > 0)
         # The main process's view decides (a resumed run restores the baseline there), so all agree.
         if self.config.sampling.baseline and not self._broadcast(bool(self.baseline)):
             return self.validate(global_step, baseline=True)
         return _CONTINUE
+
+    def _claim_output_dir(self, resumed: bool) -> None:
+        """Make ``output_dir`` this run's (main process; every process raises alike): remove staging
+        folders a killed save left; a new run refuses an earlier run's outputs, or deletes them with
+        ``overwrite_output_dir``, so two runs' records never mix. A resumed run appends."""
+        problem = None
+        if self.is_main_process:
+            checkpoint = self.selection.checkpoint
+            if checkpoint is not None:
+                checkpoint.remove_orphans()
+            previous = self.writer.previous_outputs()
+            previous += checkpoint.previous_checkpoints() if checkpoint is not None else []
+            if previous and not resumed and self.config.overwrite_output_dir:
+                logger.warning(
+                    "sdcallbacks: overwrite_output_dir: deleting %s", ", ".join(map(str, previous))
+                )
+                for path in previous:
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
+            elif previous and not resumed:
+                problem = (
+                    f"output_dir: {self.config.output_dir} holds an earlier run's outputs "
+                    f"({', '.join(str(p) for p in previous)}); choose another output_dir, set "
+                    "overwrite_output_dir: true to delete them, or resume that run (accelerator.load_state, "
+                    "or on_train_start(global_step=...)) to continue it"
+                )
+        problem = self._broadcast(problem)
+        if problem is not None:
+            raise ConfigError(self.config.source, [problem])
 
     def on_step_end(self, global_step: int) -> Control:
         """Call after every optimizer step. Costs microseconds unless a validation is due."""
@@ -655,6 +689,7 @@ class ValidationCallback:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resumed = True
         self.schedule.load_state_dict(state["schedule"])
         self.baseline = {k: [ImageRecord(**r) for r in v] for k, v in state["baseline"].items()}
         self.baseline_sets = state.get("baseline_sets", {})

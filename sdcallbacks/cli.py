@@ -1,6 +1,6 @@
 """The ``sdcallbacks`` command: ``demo``, ``score``, ``schema``, ``check-config``, ``build-world``.
 
-Config errors print the file, key path and expectation, and exit with code 2.
+Config errors print the file, key path and expectation, and exit with code 2; Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
@@ -15,6 +15,11 @@ from pathlib import Path
 from sdcallbacks.config.loading import ConfigError
 
 EXIT_CONFIG_ERROR = 2
+EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
+DESCRIPTION = (
+    "Validation callbacks for Stable Diffusion fine-tuning: sample, score, keep the best step, stop early. "
+    "Config errors print the file, key path and expectation, and exit with code 2."
+)
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -28,11 +33,11 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     from sdcallbacks.config.loading import load_config
     from sdcallbacks.metrics import build_metrics
     from sdcallbacks.prompts.library import expand_jobs, load_prompts
-    from sdcallbacks.selection.checks import check_selection
+    from sdcallbacks.selection.checks import check_config
 
     config = load_config(args.config)
     prompts = load_prompts(config)
-    check_selection(config, build_metrics(config.metrics.enabled()))  # builds only; nothing loads
+    check_config(config, build_metrics(config.metrics.enabled()))  # builds only; nothing loads
     print(
         f"{args.config}: OK, {len(prompts)} prompts, {len(expand_jobs(prompts))} images per validation, "
         f"metrics: {', '.join(config.metrics.enabled()) or 'none'}"
@@ -51,13 +56,18 @@ def _cmd_build_world(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from sdcallbacks.demo import run_demo
 
-    result = run_demo(
-        output_dir=args.output_dir,
-        max_steps=args.steps,
-        validate_every=args.validate_every,
-        cache_dir=args.cache_dir,
-        report_to=None if args.no_wandb else "wandb",
-    )
+    try:
+        result = run_demo(
+            output_dir=args.output_dir,
+            max_steps=args.steps,
+            validate_every=args.validate_every,
+            cache_dir=args.cache_dir,
+            report_to=None if args.no_wandb else "wandb",
+            progress_bar=True,
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted. {_partial_outputs(args.output_dir)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print()
     print(f"demo finished after {result.steps} steps")
     print(
@@ -75,10 +85,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _partial_outputs(output_dir: Path) -> str:
+    """Where an interrupted demo left what it had finished (every record is flushed as it is written)."""
+    names = ("metrics.jsonl", "samples", "checkpoints", "config.yaml")
+    found = [output_dir.resolve() / name for name in names if (output_dir / name).exists()]
+    if not found:
+        return "Training had not started; nothing was written (an unfinished tiny-world build is discarded)."
+    return "Partial outputs, complete up to the last finished validation:\n" + "\n".join(
+        f"  {path}" for path in found
+    )
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from sdcallbacks.metrics.images import ImageFolderError
-    from sdcallbacks.scoring import score_folder, write_scores
-    from sdcallbacks.weights import WeightsNotFoundError
+    from sdcallbacks.scoring import prepare_output, score_folder, write_scores
+    from sdcallbacks.weights import WeightsFormatError, WeightsNotFoundError
 
     names = [n.strip() for n in (args.metrics or "").split(",") if n.strip()]
     if not names and args.config is None:
@@ -88,12 +109,19 @@ def _cmd_score(args: argparse.Namespace) -> int:
         )
         return EXIT_CONFIG_ERROR
     try:
+        prepare_output(args.out)  # before scoring: a bad --out must not cost the scoring
         records, values, folder = score_folder(args.images, names, args.prompts, args.config)
-    except (ImageFolderError, WeightsNotFoundError) as err:
+    except (ImageFolderError, WeightsNotFoundError, WeightsFormatError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     write_scores(args.out, records, values)
     print(f"scored {len(records)} images from {folder.root} ({len(folder.skipped)} unreadable, skipped)")
+    unprompted = sum(1 for record in records if not record.prompt.strip())
+    if unprompted:
+        print(
+            f"  {unprompted} images have no prompt (no --prompts entry, .txt caption or PNG parameters): "
+            "prompt metrics skipped them (see <key>/skipped)"
+        )
     for key, value in sorted(values.items()):
         if "/prompt/" not in key:
             print(f"  {key:<44} {value:.4f}")
@@ -102,7 +130,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdcallbacks", description=__doc__)
+    parser = argparse.ArgumentParser(prog="sdcallbacks", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train a LoRA on the tiny offline world with the callback active")
@@ -143,9 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("httpx", "urllib3", "wandb", "diffusers", "transformers", "accelerate"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # sdcallbacks' own INFO lines only: libraries that log INFO on the root logger (open_clip) stay quiet.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("sdcallbacks").setLevel(logging.INFO)
     try:
         return args.func(args)
     except ConfigError as err:

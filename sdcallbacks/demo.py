@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from sdcallbacks.callback import ValidationCallback
 from sdcallbacks.config import (
@@ -56,6 +58,7 @@ def demo_config(world: TinyWorld, output_dir: Path, validate_every: int) -> RunC
     clip = ClipModelConfig(model=f"local-dir:{world.clip_dir}", pretrained=None)
     return RunConfig(
         output_dir=output_dir,
+        overwrite_output_dir=True,  # running the demo again replaces its previous outputs
         seed=1234,
         prompts=[
             PromptEntry(name="yellow_on_white", prompt="yellow square, white background"),
@@ -101,6 +104,7 @@ def run_demo(
     batch_size: int = 8,
     cache_dir: Path | str | None = None,
     report_to: str | None = "wandb",
+    progress_bar: bool = False,
 ) -> DemoResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -166,6 +170,7 @@ def run_demo(
     generator = torch.Generator().manual_seed(0)
     global_step = 0
     unet.train()
+    bar = tqdm(total=max_steps, desc="training", unit="step", disable=not progress_bar, dynamic_ncols=True)
     while global_step < max_steps:
         index = torch.randint(0, len(latents), (batch_size,), generator=generator)
         noise = torch.randn(latents[index].shape, generator=generator).to(latents.device)
@@ -182,9 +187,13 @@ def run_demo(
         if accelerator.sync_gradients:
             global_step += 1
             accelerator.log({"train/loss": loss.item()}, step=global_step)
-            control = callback.on_step_end(global_step)
+            with logging_redirect_tqdm():  # the callback's log lines print above the bar
+                control = callback.on_step_end(global_step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", **_last_validation(callback), refresh=False)
             if control.should_stop:
                 break
+    bar.close()
     callback.on_train_end(global_step)
     wandb_dir = _wandb_run_dir(accelerator)
     accelerator.end_training()
@@ -201,6 +210,14 @@ def run_demo(
         wandb_dir=wandb_dir,
         steps=global_step,
     )
+
+
+def _last_validation(callback: ValidationCallback) -> dict[str, str]:
+    """The last validation's monitored value and step, for the progress bar."""
+    for entry in reversed(callback.history):
+        if MONITOR in entry:
+            return {"tag_accuracy": f"{entry[MONITOR]:.3f}@{int(entry['step'])}"}
+    return {}
 
 
 def _baseline_score(callback: ValidationCallback) -> float:

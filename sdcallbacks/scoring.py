@@ -10,7 +10,9 @@ form one prompt group (per-prompt means, diversity). Unreadable images are skipp
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +20,10 @@ from pathlib import Path
 from PIL import Image
 
 from sdcallbacks.aggregation.records import ImageRecord, aggregate, record_scores, set_values
-from sdcallbacks.config.loading import ConfigError
+from sdcallbacks.config.loading import ConfigError, read_text
 from sdcallbacks.config.metrics import MetricsConfig
 from sdcallbacks.metrics import BackbonePool, ImageBatch, build_metrics
+from sdcallbacks.metrics.checks import metric_path_problems
 from sdcallbacks.metrics.images import ImageFolder
 from sdcallbacks.prompts.library import ImageJob, PromptSpec
 from sdcallbacks.prompts.names import sanitize_name, unique_names
@@ -41,7 +44,7 @@ def read_prompt_file(path: Path) -> dict[str, Caption]:
     out: dict[str, Caption] = {}
     if path.suffix.lower() == ".jsonl":
         rows = []
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for line_no, line in enumerate(read_text(path).splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -49,8 +52,7 @@ def read_prompt_file(path: Path) -> dict[str, Caption]:
             except json.JSONDecodeError as err:
                 raise ConfigError(path, [f"line {line_no}: not JSON ({err.msg})"]) from None
     elif path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(enumerate(csv.DictReader(fh), start=2))
+        rows = list(enumerate(csv.DictReader(io.StringIO(read_text(path), newline="")), start=2))
     else:
         raise ConfigError(path, [f"unknown extension {path.suffix!r}: expected .jsonl or .csv"])
     for line_no, row in rows:
@@ -69,7 +71,7 @@ def caption_of(path: Path, root: Path, mapping: dict[str, Caption]) -> Caption:
     if relative in mapping:
         return mapping[relative]
     if path.with_suffix(".txt").is_file():
-        return Caption(path.with_suffix(".txt").read_text(encoding="utf-8").strip())
+        return Caption(read_text(path.with_suffix(".txt")).strip())
     with Image.open(path) as image:
         parameters = image.info.get("parameters")
     if isinstance(parameters, str) and parameters.strip():
@@ -120,6 +122,9 @@ def score_folder(
 ) -> tuple[list[ImageRecord], dict[str, float], ImageFolder]:
     """Per-image records and aggregates for the named metrics (all enabled ones when ``names`` is empty)."""
     metrics_cfg = metrics_config(names, config)
+    problems = metric_path_problems(metrics_cfg)
+    if problems:  # before any image is read or model loaded
+        raise ConfigError(config, problems)
     enabled = metrics_cfg.enabled()
     if names:  # unknown names were already rejected by the config validation
         enabled = {n: enabled[n] for n in names}
@@ -135,6 +140,19 @@ def score_folder(
     values.update(set_values(sets, prefix="score"))
     values["score/skipped_files"] = float(len(folder.skipped))
     return records, values, folder
+
+
+def prepare_output(path: Path) -> None:
+    """Make sure ``path`` can be written before any scoring starts: its folder is created, the file is not."""
+    if path.is_dir():
+        raise ConfigError(path, ["--out is a folder; give a file name, e.g. scores.jsonl"])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(path, [f"cannot write the scores file: {err.strerror or err}"]) from None
+    target = path if path.exists() else path.parent
+    if not os.access(target, os.W_OK):
+        raise ConfigError(path, [f"cannot write the scores file: no write permission on {target}"])
 
 
 def write_scores(path: Path, records: list[ImageRecord], values: dict[str, float]) -> None:

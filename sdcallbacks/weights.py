@@ -17,12 +17,14 @@ class WeightsNotFoundError(FileNotFoundError):
     ):
         self.filename = filename
         self.source = source
+        self.reason = reason
         looked_in = looked_in or (
             f"the local path {source!r}, then the Hugging Face hub cache (repo {source!r})"
         )
         fix = fix or (
-            f"download it once with `huggingface-cli download {source} {filename}` on a machine with "
-            f"network access, or point the config at a local folder or file that holds {filename!r}"
+            f"download it once with `hf download {source} {filename}` (the command huggingface_hub "
+            f"installs) on a machine with network access, or point the config at a local folder or file "
+            f"that holds {filename!r}"
         )
         self.message = (
             f"cannot find {filename!r} for {source!r}: {reason}.\n  Looked in: {looked_in}.\n  Fix: {fix}."
@@ -33,8 +35,19 @@ class WeightsNotFoundError(FileNotFoundError):
         return self.message
 
 
-def resolve_file(source: str | Path, filename: str) -> Path:
-    """``filename`` inside local folder ``source``, ``source`` itself if it is that file, or from the hub."""
+class WeightsFormatError(ValueError):
+    """A weights file that is not what it should be (not a plain state_dict, foreign keys)."""
+
+
+def is_hub_id(source: str | Path) -> bool:
+    """Whether ``source`` names a hub repository (``org/name``) rather than a local file or folder."""
+    text = str(source)
+    path = Path(text).expanduser()
+    return not (path.exists() or path.is_absolute() or text.startswith((".", "~")) or text.count("/") != 1)
+
+
+def resolve_local_file(source: str | Path, filename: str) -> Path:
+    """``filename`` inside local folder ``source``, or ``source`` itself if it is that file."""
     path = Path(source).expanduser()
     if path.is_file():
         # The file itself: the one asked for, or one of the same kind under another name (a renamed head).
@@ -49,8 +62,13 @@ def resolve_file(source: str | Path, filename: str) -> Path:
         if candidate.is_file():
             return candidate
         raise WeightsNotFoundError(filename, str(source), f"the folder {path} has no {filename}")
-    if path.is_absolute() or str(source).startswith((".", "~")) or str(source).count("/") != 1:
-        raise WeightsNotFoundError(filename, str(source), "no such local file or folder")
+    raise WeightsNotFoundError(filename, str(source), "no such local file or folder")
+
+
+def resolve_file(source: str | Path, filename: str) -> Path:
+    """``filename`` inside local folder ``source``, ``source`` itself if it is that file, or from the hub."""
+    if not is_hub_id(source):
+        return resolve_local_file(source, filename)
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -64,6 +82,34 @@ def resolve_file(source: str | Path, filename: str) -> Path:
         raise WeightsNotFoundError(
             filename, str(source), f"hub download failed ({type(err).__name__}: {err})"
         ) from err
+
+
+def load_state_dict_file(path: Path) -> dict:
+    """A plain state_dict (tensors under string keys) from a torch file, loaded with ``weights_only`` so
+    that nothing in the file is executed. Anything else is a :class:`WeightsFormatError` naming the file."""
+    import pickle
+    import re
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's own message suggests weights_only=False, i.e. running the file's code: never advise it.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        what = f" (it refers to {found.group(1)})" if found else ""
+        raise WeightsFormatError(
+            f"{path}: not a plain state_dict{what}; the file holds Python objects besides tensors, and "
+            "sdcallbacks only loads plain weights. Re-save it as a state_dict (or .safetensors) of tensors, "
+            "or use the published file"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise WeightsFormatError(f"{path}: not a readable torch weights file ({err})") from None
+    if not isinstance(state, dict):
+        raise WeightsFormatError(
+            f"{path}: expected a state_dict (a mapping of tensors), got {type(state).__name__}"
+        )
+    return state
 
 
 CACHE_ENV = "SDCALLBACKS_CACHE"

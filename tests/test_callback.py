@@ -108,7 +108,8 @@ def test_failing_validation_keeps_training_alive_and_earlier_records(
     assert (tmp_path / "out" / "metrics.jsonl").read_text() == before
     assert not cb.on_step_end(2).should_validate  # never twice for the same step
 
-    strict = ValidationCallback.from_config(config(tmp_path, tagger_dir, on_error="raise"))
+    strict_config = config(tmp_path, tagger_dir, on_error="raise", output_dir=str(tmp_path / "strict"))
+    strict = ValidationCallback.from_config(strict_config)
     start(strict, tiny_modules)
     strict.sampler.sample = lambda *a, **k: (_ for _ in ()).throw(OSError("disk on fire"))
     with pytest.raises(OSError, match="disk on fire"):
@@ -208,3 +209,94 @@ def test_set_metrics_val_loss_and_shared_clip_in_a_run(tmp_path, tagger_dir, tin
     assert "val/diversity_clip/prompt/red" in step2 and "val/clip_score/ci_low" in step2
     assert cb.best_step == 2
     assert len(list((tmp_path / "features").glob("*.safetensors"))) == 1
+
+
+class NotANumber(ImageMetric):
+    """A metric that breaks down: NaN for every image."""
+
+    name = "broken"
+    higher_is_better = True
+    config_class = MetricConfig
+
+    def load(self):
+        pass
+
+    def compute(self, batch):
+        return {self.name: [float("nan")] * len(batch)}
+
+
+@pytest.mark.parametrize("check_finite", [True, False])
+def test_a_nan_monitored_value_stops_with_check_finite(tmp_path, tagger_dir, tiny_modules, check_finite):
+    cfg = config(
+        tmp_path,
+        tagger_dir,
+        metrics={},
+        monitor="val/broken/mean",
+        early_stopping={"patience": 3, "check_finite": check_finite},
+    )
+    cb = ValidationCallback.from_config(cfg, metrics=[NotANumber()])
+    start(cb, tiny_modules)
+    control = cb.on_step_end(2)
+    assert cb.failed_validations == 0  # the value is there, and it is NaN
+    values = [r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if r["type"] == "aggregate"][-1]
+    assert "val/broken/mean" in values["values"] and values["values"]["val/broken/skipped"] == 0
+    assert cb.best_model_path is None  # NaN is never best
+    if check_finite:
+        assert control.should_stop and cb.stopping_reason == "non_finite_metric"
+    else:
+        assert not control.should_stop and cb.selection.early_stopping.wait_count == 1
+
+
+def test_none_scores_are_skipped_but_a_nan_reaches_the_mean():
+    import math
+
+    from sdcallbacks.aggregation.records import ImageRecord, aggregate
+
+    def records(values):
+        return [ImageRecord(1, "model", "p", 0, i, i, "x", scores={"k": v}) for i, v in enumerate(values)]
+
+    assert aggregate(records([0.5, None, 0.7]))["val/k/mean"] == pytest.approx(0.6)
+    assert aggregate(records([0.5, None, 0.7]))["val/k/skipped"] == 1
+    assert math.isnan(aggregate(records([0.5, float("nan")]))["val/k/mean"])
+    assert "val/k/mean" not in aggregate(records([None, None]))
+
+
+def test_a_new_run_into_used_outputs_refuses_overwrites_or_resumes(tmp_path, tagger_dir, tiny_modules):
+    first = ValidationCallback.from_config(config(tmp_path, tagger_dir))
+    start(first, tiny_modules)
+    first.on_step_end(2)
+    out = tmp_path / "out"
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert (out / "checkpoints").is_dir()
+
+    again = ValidationCallback.from_config(config(tmp_path, tagger_dir))
+    with pytest.raises(ConfigError, match=r"holds an earlier run's outputs .*overwrite_output_dir: true"):
+        start(again, tiny_modules)
+    assert (out / "metrics.jsonl").read_text().splitlines() == lines  # nothing touched
+
+    resumed = ValidationCallback.from_config(config(tmp_path, tagger_dir))
+    resumed.load_state_dict(first.state_dict())
+    start(resumed, tiny_modules, step=2)
+    resumed.on_step_end(4)
+    appended = (out / "metrics.jsonl").read_text().splitlines()
+    assert appended[: len(lines)] == lines and len(appended) > len(lines)
+
+    fresh = ValidationCallback.from_config(config(tmp_path, tagger_dir, overwrite_output_dir=True))
+    start(fresh, tiny_modules)
+    aggregates = [r for r in read_metrics(out / "metrics.jsonl") if r["type"] == "aggregate"]
+    assert [a["step"] for a in aggregates] == [0]  # only the new run's baseline
+    assert not list((out / "checkpoints").glob("step_*"))
+    assert not (out / "samples" / "step_0000004").exists()
+
+
+def test_staging_folders_of_a_killed_save_are_removed_at_start(tmp_path, tagger_dir, tiny_modules):
+    checkpoints = tmp_path / "out" / "checkpoints"
+    orphans = [checkpoints / f".tmp-{'a' * 32}", checkpoints / f".old-{'b' * 32}"]
+    for folder in orphans:
+        folder.mkdir(parents=True)
+        (folder / "pytorch_lora_weights.safetensors").write_bytes(b"half written")
+    keep = checkpoints / ".tmp-notours"
+    keep.mkdir()
+    cb = ValidationCallback.from_config(config(tmp_path, tagger_dir))
+    start(cb, tiny_modules)
+    assert not any(folder.exists() for folder in orphans) and keep.is_dir()

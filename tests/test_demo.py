@@ -10,10 +10,14 @@ from sdcallbacks.outputs import read_metrics
 
 
 @pytest.mark.slow
-def test_demo_metric_rises_and_outputs_exist(tmp_path, tiny_world):
+def test_demo_metric_rises_and_outputs_exist(tmp_path, tiny_world, capfd):
     from sdcallbacks.demo import run_demo
 
-    result = run_demo(output_dir=tmp_path / "demo", max_steps=600, validate_every=100)
+    result = run_demo(output_dir=tmp_path / "demo", max_steps=600, validate_every=100, progress_bar=True)
+    bar = capfd.readouterr().err
+    # the progress bar: steps, loss and the last validation's monitored value at its step
+    assert "training" in bar and "600/600" in bar and "loss=" in bar and "tag_accuracy=" in bar
+    assert "@600" in bar  # the validation at the last step
     assert math.isfinite(result.baseline_score) and math.isfinite(result.best_score)
     assert result.gain >= 0.3, (result.baseline_score, result.best_score)
     assert result.best_step > 0

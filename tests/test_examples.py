@@ -12,21 +12,55 @@ import pytest
 from sdcallbacks.config import load_config
 from sdcallbacks.metrics import build_metrics
 from sdcallbacks.outputs import read_metrics
-from sdcallbacks.selection.checks import check_selection
+from sdcallbacks.selection.checks import check_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
+@pytest.fixture(scope="module")
+def user_folders(tmp_path_factory, astronaut):
+    """What the shipped configs ask the user to point at: reference photos, and a tiny-world layout."""
+    from sdcallbacks.testing.evaluators import write_laion_head, write_tiny_open_clip
+    from sdcallbacks.testing.tagger import write_tagger
+
+    root = tmp_path_factory.mktemp("user")
+    (root / "photos").mkdir()
+    astronaut.save(root / "photos" / "astronaut.png")
+    world = root / "world"
+    write_tagger(world / "tagger")
+    write_tiny_open_clip(world / "clip")
+    write_laion_head(world / "laion_head.pth")
+    return root
+
+
+REFERENCE_VARIABLES = ("FACE_REFERENCES", "CHARACTER_REFERENCES", "STYLE_REFERENCES")
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_shipped_configs_validate(path, monkeypatch, tmp_path):
-    monkeypatch.setenv("SDCALLBACKS_TINY_WORLD", str(tmp_path / "world"))
+def test_shipped_configs_validate(path, monkeypatch, tmp_path, user_folders):
+    monkeypatch.setenv("SDCALLBACKS_TINY_WORLD", str(user_folders / "world"))
+    for name in REFERENCE_VARIABLES:
+        monkeypatch.setenv(name, str(user_folders / "photos"))
     config = load_config(path)
     config.output_dir = tmp_path / "out"
-    check_selection(config, build_metrics(config.metrics.enabled()))  # builds only: nothing downloads
+    check_config(config, build_metrics(config.metrics.enabled()))  # builds only: nothing downloads
 
 
-def test_named_configs_exist_with_their_monitors():
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem != "tiny"], ids=lambda p: p.name)
+def test_shipped_configs_name_a_missing_reference_folder(path, monkeypatch, tmp_path, capsys):
+    from sdcallbacks.cli import main
+
+    for name in REFERENCE_VARIABLES:
+        monkeypatch.setenv(name, str(tmp_path / "not_there"))
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"references: reference images: {tmp_path / 'not_there'} is not a folder" in err
+
+
+def test_named_configs_exist_with_their_monitors(monkeypatch):
+    for name in REFERENCE_VARIABLES:
+        monkeypatch.setenv(name, "/data/refs")
     monitors = {p.stem: load_config(p).monitor for p in CONFIGS if p.stem != "tiny"}
     assert monitors == {
         "anime_character": "val/score",

@@ -418,7 +418,8 @@ def test_fid_and_inception_score_through_torchmetrics(evaluators, tmp_path):
     before = torch.get_rng_state()
     scores = inception.score(images, jobs_for(*"abcd"))
     assert torch.equal(before, torch.get_rng_state())  # a private generator: training's stream untouched
-    assert scores["inception_score"] >= 1.0 and math.isfinite(scores["inception_score/std"])
+    # IS = exp(mean KL) >= 1 exactly; in floating point a uniform-ish set lands a few ulps below 1.
+    assert scores["inception_score"] >= 1.0 - 1e-9 and math.isfinite(scores["inception_score/std"])
     logits = inception.net.embed(images)
     reference_is = on_features(TorchmetricsIS, logits.shape[1], splits=2)
     reference_is.update(logits)

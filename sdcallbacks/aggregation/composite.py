@@ -29,11 +29,11 @@ class ScoreWeight:
     higher_is_better: bool
 
 
-def _by_prompt(records: list[ImageRecord], key: str) -> dict[str, list[float]]:
+def _by_prompt(records: list[ImageRecord], key: str, finite_only: bool) -> dict[str, list[float]]:
     out: dict[str, list[float]] = defaultdict(list)
     for record in records:
         value = record.scores.get(key)
-        if value is not None and math.isfinite(value):
+        if value is not None and (math.isfinite(value) or not finite_only):
             out[record.prompt_name].append(value)
     return out
 
@@ -47,7 +47,9 @@ def _std(values: list[float]) -> float:
 
 def standardised(records: list[ImageRecord], baseline: list[ImageRecord], key: str) -> float | None:
     """Mean over prompts of (mean now - mean at baseline) / the baseline's spread, for one key."""
-    now, base = _by_prompt(records, key), _by_prompt(baseline, key)
+    # A non-finite score now makes z non-finite (early stopping's check_finite acts on it); the baseline's
+    # spread is computed from its finite scores only.
+    now, base = _by_prompt(records, key, finite_only=False), _by_prompt(baseline, key, finite_only=True)
     pooled = _std([v for values in base.values() for v in values]) or 1.0
     z = [
         (sum(now[p]) / len(now[p]) - sum(base[p]) / len(base[p])) / (_std(base[p]) or pooled)

@@ -7,6 +7,11 @@ apply to), ``/ci_low`` and ``/ci_high`` (95% bootstrap interval of the mean, see
 of images at or beyond the key's threshold, where one is set), per-prompt means ``val/<key>/prompt/<name>``,
 and ``/delta``: the mean over (prompt, seed) pairs of score minus the baseline's score for the same pair,
 when a baseline was recorded. Set-level metrics (KID) give one value, ``val/<key>``, via :func:`set_values`.
+
+``None`` means the metric does not apply to an image (no face found, no prompt): it is skipped. A score
+that is NaN or infinite is different: the metric ran and broke down, so it stays in, and the mean (or the
+set value) is non-finite too. Early stopping's ``check_finite`` then acts on it, as in Lightning, instead
+of the validation silently losing its monitored key.
 """
 
 from __future__ import annotations
@@ -52,6 +57,11 @@ class ImageRecord:
 
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
+
+
+def _scored(value: float | None) -> bool:
+    """Whether an image has a score for a key (a non-finite one included: see the module docstring)."""
+    return value is not None
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -114,7 +124,7 @@ def aggregate(
     out: dict[str, float] = {}
     for key in keys:
         spec = specs.get(key)
-        scored = [r for r in records if _finite(r.scores.get(key))]
+        scored = [r for r in records if _scored(r.scores.get(key))]
         out[f"{prefix}/{key}/skipped"] = float(len(records) - len(scored))
         if not scored:
             continue
@@ -145,10 +155,10 @@ def set_values(
     values: dict[str, float | None], baseline: dict[str, float | None] | None = None, prefix: str = "val"
 ) -> dict[str, float]:
     """Scalars of set-level metrics (KID, CMMD): ``<prefix>/<key>``, ``/delta`` against the baseline's
-    value, ``/skipped`` = 1 where the metric could not be computed."""
+    value, ``/skipped`` = 1 where the metric could not be computed (``None``; a non-finite value is kept)."""
     out: dict[str, float] = {}
     for key, value in sorted(values.items()):
-        if not _finite(value):
+        if not _scored(value):
             out[f"{prefix}/{key}/skipped"] = 1.0
             continue
         out[f"{prefix}/{key}"] = float(value)

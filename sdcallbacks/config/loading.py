@@ -14,6 +14,10 @@ from pydantic import BaseModel, ValidationError
 
 from sdcallbacks.config.metrics import MetricsConfig
 from sdcallbacks.config.schema import RunConfig
+from sdcallbacks.weights import is_hub_id
+
+LOCAL_DIR = "local-dir:"  # open_clip's prefix for a local model folder
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -53,22 +57,74 @@ def expand_env(data: Any, path: Path | None = None, key: str = "") -> Any:
     return _ENV_VAR.sub(value, data)
 
 
+def read_text(path: Path) -> str:
+    """A file the user wrote (config, prompt file, caption), as UTF-8 (a leading BOM is accepted). Any
+    other encoding is a :class:`ConfigError` naming the file, the byte offset and its line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError(
+            path,
+            [
+                f"not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start} (line {line}) cannot be "
+                "decoded; save the file as UTF-8 (it looks like another encoding, e.g. Latin-1 or cp1252)"
+            ],
+        ) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error naming both lines
+    (PyYAML keeps the last value silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *anchor`` merges are meant to be overridden
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = first_line.get(key)
+            except TypeError:
+                continue  # an unhashable key: PyYAML's own error follows
+            line = key_node.start_mark.line + 1
+            if seen is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}: first on line {seen}, again on line {line}"
+                )
+            first_line[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _unique_json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate key {duplicates[0]!r} in one JSON object")
+    return dict(pairs)
+
+
+def parse_structured(path: Path, suffixes: tuple[str, ...] = (".yaml", ".yml", ".json", ".toml")) -> Any:
+    """The data of a YAML, JSON or TOML file, by extension; errors name the file (and line)."""
+    suffix = path.suffix.lower()
+    if suffix not in suffixes:
+        raise ConfigError(path, [f"unknown extension {suffix!r}: expected {', '.join(suffixes)}"])
+    text = read_text(path)
+    try:
+        if suffix in (".yaml", ".yml"):
+            return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        if suffix == ".json":
+            return json.loads(text, object_pairs_hook=_unique_json_object)
+        return tomllib.loads(text)  # TOML itself forbids duplicate keys
+    except (yaml.YAMLError, ValueError, tomllib.TOMLDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise ConfigError(path, [f"cannot parse: {err}"]) from err
+
+
 def read_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(path, ["file not found"])
-    text = path.read_text(encoding="utf-8")
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
-        elif suffix == ".json":
-            data = json.loads(text)
-        elif suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            raise ConfigError(path, [f"unknown extension {suffix!r}: expected .yaml, .yml, .json or .toml"])
-    except (yaml.YAMLError, json.JSONDecodeError, tomllib.TOMLDecodeError) as err:
-        raise ConfigError(path, [f"cannot parse: {err}"]) from err
+    data = parse_structured(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -102,7 +158,8 @@ def validate_config(data: dict[str, Any], path: Path | None = None) -> RunConfig
 
 
 def resolve_metric_paths(metrics: MetricsConfig, base: Path) -> None:
-    """Relative reference folders and data paths of metric sections resolve against ``base``."""
+    """Relative local paths of metric sections resolve against ``base`` (the config file's folder): reference
+    folders and data, and model, head and weights files given as local paths (hub ids stay as they are)."""
     for name in type(metrics).model_fields:
         section = getattr(metrics, name)
         if not isinstance(section, BaseModel):
@@ -111,6 +168,28 @@ def resolve_metric_paths(metrics: MetricsConfig, base: Path) -> None:
             value = getattr(section, field, None)
             if isinstance(value, Path) and not value.is_absolute():
                 setattr(section, field, base / value)
+        for field in ("model", "head", "weights", "trunk_weights"):
+            value = getattr(section, field, None)
+            if isinstance(value, str):
+                setattr(section, field, _local_against(value, base))
+        clip = getattr(section, "clip", None)
+        if isinstance(clip, BaseModel):
+            if clip.model.startswith(LOCAL_DIR):
+                clip.model = LOCAL_DIR + _local_against(clip.model[len(LOCAL_DIR) :], base)
+            if clip.pretrained and Path(clip.pretrained).suffix in WEIGHT_SUFFIXES:
+                clip.pretrained = _local_against(clip.pretrained, base)
+
+
+def _local_against(value: str, base: Path) -> str:
+    """``value`` under ``base`` if it is a relative local path there (a hub id ``org/name`` stays)."""
+    path = Path(value)
+    if path.is_absolute() or value.startswith("~") or "://" in value:
+        return value
+    if (base / path).exists():
+        return str(base / path)
+    if path.exists():  # relative to the working directory, as before config-relative paths
+        return value
+    return value if is_hub_id(value) else str(base / path)
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator
+
+from sdcallbacks.config.base import ImageSide, Seed, StrictModel
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class MetricConfig(_Strict):
+class MetricConfig(StrictModel):
     """Settings every metric has."""
 
     batch_size: PositiveInt = Field(16, description="Images per evaluator forward pass.")
@@ -26,7 +24,7 @@ class MetricConfig(_Strict):
     )
 
 
-class ClipModelConfig(_Strict):
+class ClipModelConfig(StrictModel):
     """An open_clip model. OpenAI weights are run with QuickGELU, as they were trained."""
 
     model: str = Field(
@@ -130,7 +128,7 @@ class KidConfig(ReferenceMetricConfig):
     degree: PositiveInt = 3
     gamma: float | None = None
     coef: float = 1.0
-    seed: int = 0
+    seed: Seed = 0
 
 
 class CmmdConfig(ReferenceMetricConfig):
@@ -183,14 +181,14 @@ class CcipConfig(ReferenceMetricConfig):
     threshold: float | None = Field(None, description="Same-character threshold; default: metrics.json's.")
 
 
-class ValLossConfig(_Strict):
+class ValLossConfig(StrictModel):
     """Denoising loss on held-out images at fixed timesteps with fixed noise (no sampling)."""
 
     data: Path = Field(description="Folder of held-out images with same-stem .txt captions.")
     timesteps: list[int] = Field(default_factory=lambda: [200, 400, 600, 800])
-    resolution: PositiveInt = 512
+    resolution: ImageSide = 512
     batch_size: PositiveInt = 4
-    seed: int = 0
+    seed: Seed = 0
     every_n_steps: PositiveInt | None = Field(
         None, description="Also run between validations, every this many steps."
     )
@@ -205,7 +203,7 @@ class ValLossConfig(_Strict):
         return values
 
 
-class MetricsConfig(_Strict):
+class MetricsConfig(StrictModel):
     """Enabled metrics: a metric runs when its section is present (``{}`` takes every default)."""
 
     identity: IdentityConfig | None = None

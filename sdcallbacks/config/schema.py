@@ -9,46 +9,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PositiveFloat,
-    PositiveInt,
-    PrivateAttr,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, PositiveFloat, PositiveInt, PrivateAttr, field_validator, model_validator
 
+from sdcallbacks.config.base import ImageSide, Seed, StrictModel
 from sdcallbacks.config.metrics import MetricsConfig
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class PromptDefaults(_Strict):
+class PromptDefaults(StrictModel):
     """Sampling settings used by every prompt that does not set its own (kohya's defaults)."""
 
     negative_prompt: str = ""
     num_images: PositiveInt = 4
-    width: PositiveInt = 512
-    height: PositiveInt = 512
+    width: ImageSide = 512
+    height: ImageSide = 512
     steps: PositiveInt = 30
     guidance_scale: float = Field(7.5, ge=0.0)
 
 
-class PromptEntry(_Strict):
+class PromptEntry(StrictModel):
     """One validation prompt. ``seeds`` pins the seeds (one seed with ``num_images`` > 1 counts up from it);
     otherwise ``num_images`` seeds are derived from the run seed."""
 
     name: str | None = None
     prompt: str
     negative_prompt: str | None = None
-    seeds: list[int] | None = None
+    seeds: list[Seed] | None = None
     num_images: PositiveInt | None = None
-    width: PositiveInt | None = None
-    height: PositiveInt | None = None
+    width: ImageSide | None = None
+    height: ImageSide | None = None
     steps: PositiveInt | None = None
     guidance_scale: float | None = Field(None, ge=0.0)
 
@@ -67,7 +55,7 @@ class PromptEntry(_Strict):
         return self
 
 
-class SamplingConfig(_Strict):
+class SamplingConfig(StrictModel):
     """How validation images are drawn from the live training modules."""
 
     scheduler: Literal["ddim", "euler", "euler_a", "dpm++", "pndm", "training"] = "ddim"
@@ -76,7 +64,7 @@ class SamplingConfig(_Strict):
     baseline: bool = Field(True, description="Validate the base model (LoRA disabled) before training.")
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(StrictModel):
     """When validations run. Triggers are OR-ed; none fires before ``start_step``."""
 
     every_n_steps: PositiveInt | None = None
@@ -92,7 +80,7 @@ class ScheduleConfig(_Strict):
         return self
 
 
-class CheckpointConfig(_Strict):
+class CheckpointConfig(StrictModel):
     """Lightning ``ModelCheckpoint`` semantics on ``monitor``: the ``save_top_k`` best validations are kept
     (LoRA in diffusers format, else the UNet); strictly better only, NaN never best."""
 
@@ -102,7 +90,7 @@ class CheckpointConfig(_Strict):
     save_last: bool = Field(False, description="Also keep the weights of the latest validation in last/.")
 
 
-class EarlyStoppingConfig(_Strict):
+class EarlyStoppingConfig(StrictModel):
     """Lightning ``EarlyStopping`` semantics on ``monitor``; ``patience`` counts validations."""
 
     patience: int = Field(3, ge=0)
@@ -118,14 +106,14 @@ class EarlyStoppingConfig(_Strict):
     )
 
 
-class ScoreTerm(_Strict):
+class ScoreTerm(StrictModel):
     """One metric key in the composite ``val/score``."""
 
     weight: float = Field(1.0, gt=0.0)
     mode: Literal["min", "max"] | None = Field(None, description="Default: the metric's own direction.")
 
 
-class WandbConfig(_Strict):
+class WandbConfig(StrictModel):
     """Weights & Biases. The run is the accelerator's ``wandb`` tracker when there is one; otherwise the
     callback creates one only if ``create_run`` is set."""
 
@@ -140,12 +128,12 @@ class WandbConfig(_Strict):
     log_best_checkpoint: bool = Field(False, description="Upload each new best checkpoint (alias 'best').")
 
 
-class TrackersConfig(_Strict):
+class TrackersConfig(StrictModel):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     images: bool = Field(True, description="Log one image grid per prompt per validation.")
 
 
-class ScoringConfig(_Strict):
+class ScoringConfig(StrictModel):
     """Where and when scoring runs, and what evaluators do between validations."""
 
     mode: Literal["sync", "async"] = Field(
@@ -166,13 +154,19 @@ class ScoringConfig(_Strict):
     )
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     """Everything the callback needs; loaded with :func:`sdcallbacks.config.load_config`."""
 
     _source: Path | None = PrivateAttr(None)  # the file it was read from, for located errors
 
     output_dir: Path = Path("sdcallbacks_outputs")
-    seed: int = 0
+    overwrite_output_dir: bool = Field(
+        False,
+        description="A new run whose output_dir holds an earlier run's outputs (metrics.jsonl, samples/, "
+        "checkpoints) refuses to start unless this is set; then those outputs are deleted first. A resumed "
+        "run (accelerator.load_state, or on_train_start(global_step > 0)) always appends.",
+    )
+    seed: Seed = 0
     prompts: list[PromptEntry] = Field(default_factory=list)
     prompt_files: list[Path] = Field(default_factory=list)
     defaults: PromptDefaults = Field(default_factory=PromptDefaults)

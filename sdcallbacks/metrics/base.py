@@ -65,6 +65,12 @@ class ImageBatch:
     def __len__(self) -> int:
         return len(self.images)
 
+    def subset(self, rows: list[int]) -> ImageBatch:
+        """The images at ``rows`` with their jobs; features come from this batch's cache."""
+        return ImageBatch(
+            [self.images[i] for i in rows], [self.jobs[i] for i in rows], self.features.subset(rows)
+        )
+
     def prompt_groups(self) -> list[list[int]]:
         """Positions of the images of each prompt (the seeds of one prompt), in first-seen order."""
         groups: dict[int, list[int]] = {}
@@ -82,6 +88,9 @@ class Metric(ABC):
     # True when one image's score depends on other images of the same validation (diversity, KID): such
     # metrics run once on the gathered images of all processes instead of on each process's share.
     needs_all_images: ClassVar[bool] = False
+    # True when the score compares the image with its prompt: images without a prompt (a scored folder
+    # with no caption) are skipped (None) instead of being compared with "".
+    uses_prompt: ClassVar[bool] = False
 
     def __init__(
         self, config: MetricConfig | None = None, device: str = "cpu", pool: BackbonePool | None = None
@@ -134,6 +143,19 @@ class ImageMetric(Metric):
     ) -> Scores:
         batch = self._batch(images, jobs)
         self.ensure_loaded()
+        rows = list(range(len(batch)))
+        if self.uses_prompt:
+            rows = [i for i, prompt in enumerate(batch.prompts) if prompt.strip()]
+        scored = self._checked(batch.subset(rows) if len(rows) < len(batch) else batch)
+        if len(rows) == len(batch):
+            return scored
+        scores: Scores = {key: [None] * len(batch) for key in scored}
+        for key, values in scored.items():
+            for row, value in zip(rows, values):
+                scores[key][row] = value
+        return scores
+
+    def _checked(self, batch: ImageBatch) -> Scores:
         scores = self.compute(batch) if len(batch) else {key: [] for key in self.output_keys()}
         for key, values in scores.items():
             if len(values) != len(batch):

@@ -44,20 +44,12 @@ class ImageFolder:
     @classmethod
     def read(cls, root: str | Path, what: str = "reference images") -> ImageFolder:
         root = Path(root).expanduser()
-        if not root.is_dir():
-            raise ImageFolderError(f"{what}: {root} is not a folder")
-        candidates = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not candidates:
-            raise ImageFolderError(
-                f"{what}: {root} holds no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
-            )
+        candidates = image_files(root, what)
         folder = cls(root)
         for path in candidates:
             try:
-                with Image.open(path) as opened:
-                    opened.load()
-                    image = to_rgb(opened)
-            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                image = read_image(path)
+            except UNREADABLE as err:
                 folder.skipped[path] = f"{type(err).__name__}: {err}"
                 logger.warning("sdcallbacks: skipping unreadable image %s (%s)", path, err)
                 continue
@@ -66,3 +58,42 @@ class ImageFolder:
         if not folder.images:
             raise ImageFolderError(f"{what}: none of the {len(candidates)} images in {root} could be read")
         return folder
+
+
+UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)
+
+
+def read_image(path: Path) -> Image.Image:
+    """One image file, decoded whole and converted to RGB (raises one of :data:`UNREADABLE`)."""
+    with Image.open(path) as opened:
+        opened.load()
+        return to_rgb(opened)
+
+
+def image_files(root: Path, what: str) -> list[Path]:
+    """The image files below ``root``, sorted; a missing folder or one without images is an error."""
+    if not root.is_dir():
+        raise ImageFolderError(f"{what}: {root} is not a folder")
+    candidates = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not candidates:
+        raise ImageFolderError(
+            f"{what}: {root} holds no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    return candidates
+
+
+def image_folder_problem(root: str | Path, what: str) -> str | None:
+    """Why ``root`` cannot serve as a folder of images (missing, empty, nothing readable), or None. Stops
+    at the first image that decodes, so a large folder is cheap to check."""
+    root = Path(root).expanduser()
+    try:
+        candidates = image_files(root, what)
+    except ImageFolderError as err:
+        return str(err)
+    for path in candidates:
+        try:
+            read_image(path)
+            return None
+        except UNREADABLE:
+            continue
+    return f"{what}: none of the {len(candidates)} images in {root} could be read"

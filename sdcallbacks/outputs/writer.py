@@ -35,6 +35,13 @@ class OutputWriter:
         self.samples_dir = self.output_dir / "samples"
         self.metrics_path = self.output_dir / "metrics.jsonl"
 
+    def previous_outputs(self) -> list[Path]:
+        """What an earlier run left here: ``metrics.jsonl`` and a non-empty ``samples/``."""
+        found = [self.metrics_path] if self.metrics_path.exists() else []
+        if self.samples_dir.is_dir() and any(self.samples_dir.iterdir()):
+            found.append(self.samples_dir)
+        return found
+
     def folder_for(self, step: int, variant: str) -> Path:
         suffix = "" if variant == "model" else f"_{variant}"
         folder = self.samples_dir / f"step_{step:07d}{suffix}"

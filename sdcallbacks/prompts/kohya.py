@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sdcallbacks.config.loading import ConfigError
+from sdcallbacks.config.loading import ConfigError, read_text
 
 _INT_OPTIONS = {"w": "width", "h": "height", "d": "seed", "s": "steps"}
 _FLOAT_OPTIONS = {"l": "guidance_scale"}
@@ -56,11 +56,16 @@ def parse_kohya_line(line: str, where: str) -> dict[str, Any] | None:
     return entry
 
 
-def read_kohya_file(path: Path) -> list[dict[str, Any]]:
-    """All prompt entries of a kohya ``.txt`` prompt file, in order."""
+def read_kohya_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, prompt entry) for every prompt line of a kohya ``.txt`` prompt file, in order."""
     entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         entry = parse_kohya_line(line, f"{path}:{number}")
         if entry is not None:
-            entries.append(entry)
+            entries.append((number, entry))
     return entries
+
+
+def read_kohya_file(path: Path) -> list[dict[str, Any]]:
+    """All prompt entries of a kohya ``.txt`` prompt file, in order."""
+    return [entry for _, entry in read_kohya_lines(path)]

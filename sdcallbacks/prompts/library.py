@@ -7,17 +7,16 @@ work on, so the same job gives the same pixels however the list is cut.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from sdcallbacks.config.loading import ConfigError, format_validation_error
+from sdcallbacks.config.base import SEED_MAX, SEED_MIN
+from sdcallbacks.config.loading import ConfigError, format_validation_error, parse_structured
 from sdcallbacks.config.schema import PromptDefaults, PromptEntry, RunConfig
-from sdcallbacks.prompts.kohya import read_kohya_file
+from sdcallbacks.prompts.kohya import read_kohya_lines
 from sdcallbacks.prompts.names import sanitize_name, unique_names
 
 # Derived seeds are base + SEED_STRIDE * prompt_index + image_index: readable and collision-free
@@ -57,42 +56,37 @@ class ImageJob:
         return f"{self.prompt.name}_s{self.seed}"
 
 
-def _read_prompt_file(path: Path) -> list[dict[str, Any]]:
+def _read_prompt_file(path: Path) -> list[tuple[str, Any]]:
+    """(where in the file, raw entry) pairs: ``line N: `` for kohya .txt files, ``prompts.I.`` otherwise
+    (prefixes of the entry's field errors)."""
     if not path.is_file():
         raise ConfigError(path, ["prompt file not found"])
-    suffix = path.suffix.lower()
-    if suffix == ".txt":
-        return read_kohya_file(path)
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text) if suffix in (".yaml", ".yml") else json.loads(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as err:
-        raise ConfigError(path, [f"cannot parse: {err}"]) from err
-    if suffix not in (".yaml", ".yml", ".json"):
-        raise ConfigError(path, [f"unknown prompt file extension {suffix!r}: expected .txt, .yaml or .json"])
+    if path.suffix.lower() == ".txt":
+        return [(f"line {number}: ", entry) for number, entry in read_kohya_lines(path)]
+    data = parse_structured(path, suffixes=(".txt", ".yaml", ".yml", ".json"))
     if isinstance(data, dict) and "prompts" in data:
         data = data["prompts"]
     if not isinstance(data, list):
         raise ConfigError(path, ["expected a list of prompt entries (or a mapping with key 'prompts')"])
-    return data
+    return [(f"prompts.{i}.", item) for i, item in enumerate(data)]
 
 
-def _validate_entries(raw: list[Any], where: Path) -> list[PromptEntry]:
+def _validate_entries(raw: list[tuple[str, Any]], where: Path) -> list[PromptEntry]:
     entries = []
-    for i, item in enumerate(raw):
+    for label, item in raw:
         if isinstance(item, str):
             item = {"prompt": item}
         try:
             entries.append(PromptEntry.model_validate(item))
         except ValidationError as err:
-            raise ConfigError(
-                where, [f"prompts.{i}.{line}" for line in format_validation_error(err)]
-            ) from None
+            raise ConfigError(where, [label + line for line in format_validation_error(err)]) from None
     return entries
 
 
-def resolve_prompts(entries: list[PromptEntry], defaults: PromptDefaults, base_seed: int) -> list[PromptSpec]:
-    """Apply defaults, name and seed every prompt."""
+def resolve_prompts(
+    entries: list[PromptEntry], defaults: PromptDefaults, base_seed: int, source: Path | None = None
+) -> list[PromptSpec]:
+    """Apply defaults, name and seed every prompt (``source``: the config file, for located errors)."""
     names = unique_names(
         [
             sanitize_name(e.name if e.name is not None else e.prompt[:40], fallback=f"prompt_{i:03d}")
@@ -112,9 +106,18 @@ def resolve_prompts(entries: list[PromptEntry], defaults: PromptDefaults, base_s
         else:
             if count >= SEED_STRIDE:
                 raise ConfigError(
-                    None, [f"prompts.{i}.num_images: at most {SEED_STRIDE - 1} images per prompt"]
+                    source, [f"prompts.{i}.num_images: at most {SEED_STRIDE - 1} images per prompt"]
                 )
             seeds = tuple(base_seed + SEED_STRIDE * i + k for k in range(count))
+        if not SEED_MIN <= min(seeds) <= max(seeds) <= SEED_MAX:
+            raise ConfigError(
+                source,
+                [
+                    f"prompts.{i}: seeds {min(seeds)}..{max(seeds)} leave the range torch generators accept "
+                    f"({SEED_MIN}..{SEED_MAX}); derived seeds are seed + {SEED_STRIDE} * prompt_index + "
+                    "image_index, so lower seed"
+                ],
+            )
         specs.append(
             PromptSpec(
                 index=i,
@@ -144,8 +147,8 @@ def load_prompts(config: RunConfig) -> list[PromptSpec]:
             raise ConfigError(path, ["prompt file holds no prompts"])
         entries.extend(_validate_entries(raw, Path(path)))
     if not entries:
-        raise ConfigError(None, ["prompts: no validation prompts"])
-    return resolve_prompts(entries, config.defaults, config.seed)
+        raise ConfigError(config.source, ["prompts: no validation prompts"])
+    return resolve_prompts(entries, config.defaults, config.seed, config.source)
 
 
 def expand_jobs(prompts: list[PromptSpec]) -> list[ImageJob]:

@@ -7,7 +7,8 @@
   never ``best_model_path``). Lightning keeps a NaN while fewer than ``k`` are stored; here it is not.
 * ``save_last``: the latest validation's weights are also kept in ``last/``, replaced each time.
 * Each folder is written to a temporary folder first and renamed into place, so a crash mid-write never
-  leaves a half-written checkpoint under a final name.
+  leaves a half-written checkpoint under a final name; the staging folders such a crash leaves are removed
+  by :meth:`ModelCheckpoint.remove_orphans` when the next run starts.
 
 Folders: ``<dirpath>/step_<step>`` and ``<dirpath>/last``; what is inside is
 :func:`~sdcallbacks.selection.snapshots.save_weights`'s (a LoRA in diffusers format, else the UNet).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -27,9 +29,12 @@ from typing import Any, Literal
 from sdcallbacks.sampling.pipeline import TrainingModules
 from sdcallbacks.selection.snapshots import WeightsSnapshot, save_weights
 
+_STAGING = re.compile(r"\.(tmp|old)-[0-9a-f]{32}")
+_CHECKPOINT = re.compile(r"step_\d+|last")
+
 
 def _atomic_write(weights: TrainingModules | WeightsSnapshot, final: Path) -> None:
-    staging = final.parent / f".tmp-{uuid.uuid4().hex}"
+    staging = final.parent / f".tmp-{uuid.uuid4().hex}"  # names matched by _STAGING
     previous = final.parent / f".old-{uuid.uuid4().hex}"
     try:
         save_weights(weights, staging)
@@ -122,6 +127,22 @@ class ModelCheckpoint:
             _atomic_write(modules, self.dirpath / "last")
             self.last_model_path = str(self.dirpath / "last")
         return self.best_model_path is not None and self.best_model_path != was_best
+
+    def _folders(self, pattern: re.Pattern[str]) -> list[Path]:
+        if not self.dirpath.is_dir():
+            return []
+        return sorted(p for p in self.dirpath.iterdir() if p.is_dir() and pattern.fullmatch(p.name))
+
+    def previous_checkpoints(self) -> list[Path]:
+        """Checkpoint folders already in ``dirpath`` (``step_*``, ``last``), e.g. from an earlier run."""
+        return self._folders(_CHECKPOINT)
+
+    def remove_orphans(self) -> list[Path]:
+        """Delete the staging folders (``.tmp-*``, ``.old-*``) a run killed mid-save left behind."""
+        orphans = self._folders(_STAGING)
+        for path in orphans:
+            shutil.rmtree(path, ignore_errors=True)
+        return orphans
 
     def _delete(self, path: str | None) -> None:
         if path is None:

@@ -1,9 +1,9 @@
-"""Checks of the selection settings against the enabled metrics, before training starts.
+"""Checks of a run config as a whole, before training starts (``from_config`` and ``check-config``).
 
-Pydantic validates each field on its own; these need the metrics: a ``monitor`` that no enabled metric
-logs, ``score`` weights for metrics that are not enabled (or that have no per-image spread to standardise),
-and output folders that cannot be written. Each problem names its key, so the error reads like the
-other config errors.
+Pydantic validates each field on its own; these need the files and the metrics: every path of the metric
+sections (:mod:`sdcallbacks.metrics.checks`), a ``monitor`` that no enabled metric logs, ``score`` weights
+for metrics that are not enabled (or that have no per-image spread to standardise), and output folders that
+cannot be written. Each problem names its key, so the error reads like the other config errors.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from sdcallbacks.aggregation.keys import expected_keys
 from sdcallbacks.config.loading import ConfigError
 from sdcallbacks.config.schema import RunConfig
 from sdcallbacks.metrics.base import Metric, SetMetric
+from sdcallbacks.metrics.checks import metric_path_problems
 from sdcallbacks.metrics.loss import ValidationLoss
 from sdcallbacks.prompts.library import load_prompts
 
@@ -36,8 +37,8 @@ def _unwritable(path: Path) -> str | None:
     return None
 
 
-def selection_problems(config: RunConfig, metrics: list[Metric]) -> list[str]:
-    problems = []
+def config_problems(config: RunConfig, metrics: list[Metric]) -> list[str]:
+    problems = metric_path_problems(config.metrics)
     by_key = {key: metric for metric in metrics for key in metric.output_keys()}
     for key in config.score:
         metric = by_key.get(key)
@@ -72,8 +73,8 @@ def selection_problems(config: RunConfig, metrics: list[Metric]) -> list[str]:
     return problems
 
 
-def check_selection(config: RunConfig, metrics: list[Metric]) -> None:
-    """Raise a :class:`ConfigError` naming the config file and keys, if anything is wrong."""
-    problems = selection_problems(config, metrics)
+def check_config(config: RunConfig, metrics: list[Metric]) -> None:
+    """Raise a :class:`ConfigError` naming the config file and keys, listing everything that is wrong."""
+    problems = config_problems(config, metrics)
     if problems:
         raise ConfigError(config.source, problems)

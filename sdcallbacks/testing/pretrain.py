@@ -86,8 +86,13 @@ def noise_scheduler():
     )
 
 
+REPORT_EVERY = 25  # steps between progress lines (a few seconds each on 2 idle cores)
+
+
 def _report(progress: Progress, what: str, step: int, total: int, loss: float, start: float) -> None:
-    progress(f"  {what}: step {step}/{total}  loss {loss:.4f}  ({time.monotonic() - start:.0f}s)")
+    elapsed = time.monotonic() - start
+    left = elapsed / step * (total - step)
+    progress(f"  {what}: step {step}/{total}  loss {loss:.4f}  ({elapsed:.0f}s, about {left:.0f}s left)")
 
 
 def random_colour_fields(count: int, seed: int) -> torch.Tensor:
@@ -122,7 +127,7 @@ def train_vae(vae, steps: int, batch_size: int, seed: int, progress: Progress) -
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step % 50 == 0 or step == steps:
+        if step % REPORT_EVERY == 0 or step == steps:
             _report(progress, "vae", step, steps, loss.item(), start)
     vae.eval()
     with torch.no_grad():
@@ -167,7 +172,7 @@ def train_unet(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if step % 100 == 0 or step == steps:
+        if step % REPORT_EVERY == 0 or step == steps:
             _report(progress, "unet", step, steps, loss.item(), start)
     unet.eval()
     text_encoder.eval()

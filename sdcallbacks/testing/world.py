@@ -162,6 +162,24 @@ def _build(root: Path, recipe: WorldRecipe, progress: Progress) -> None:
     )
 
 
+STALE_BUILD_S = 24 * 3600  # a build takes minutes: a staging folder this old belongs to a killed process
+
+
+def remove_stale_builds(cache: Path, max_age_s: float = STALE_BUILD_S) -> list[Path]:
+    """Delete ``.building-*`` folders older than ``max_age_s`` (a killed build's ``finally`` never ran);
+    younger ones may belong to a build running beside this one and are left alone."""
+    now = time.time()
+    stale = []
+    for folder in cache.glob(".building-*"):
+        try:
+            if folder.is_dir() and now - folder.stat().st_mtime > max_age_s:
+                shutil.rmtree(folder, ignore_errors=True)
+                stale.append(folder)
+        except OSError:  # removed by a concurrent builder meanwhile
+            continue
+    return stale
+
+
 def build_tiny_world(
     cache_dir: Path | str | None = None, recipe: WorldRecipe | None = None, progress: Progress | None = None
 ) -> TinyWorld:
@@ -176,6 +194,8 @@ def build_tiny_world(
     if (root / "READY.json").is_file():
         return TinyWorld(root)
     cache.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_builds(cache):
+        progress(f"sdcallbacks: removed {stale}, left by a build that was killed")
     progress(f"sdcallbacks: building the tiny world in {root} (once; a few minutes on 2 CPU cores)")
     staging = cache / f".building-{uuid.uuid4().hex}"
     staging.mkdir()

@@ -19,7 +19,7 @@ from sdcallbacks.config.metrics import AestheticLaionConfig
 from sdcallbacks.metrics.backbones.clip import ClipBackbone, normalized
 from sdcallbacks.metrics.base import ImageBatch, ImageMetric, Scores
 from sdcallbacks.metrics.registry import register_metric
-from sdcallbacks.weights import resolve_file
+from sdcallbacks.weights import load_state_dict_file, resolve_file
 
 
 class AestheticMLP(nn.Module):
@@ -44,9 +44,7 @@ class AestheticMLP(nn.Module):
 
 def load_aesthetic_head(path: Path) -> nn.Module:
     """The improved (MLP) or v1 (linear) LAION head from its state_dict, strict keys, eval mode."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state_dict, got {type(state).__name__}")
+    state = load_state_dict_file(path)
     if "layers.0.weight" in state:
         head: nn.Module = AestheticMLP(state["layers.0.weight"].shape[1])
     elif set(state) == {"weight", "bias"}:

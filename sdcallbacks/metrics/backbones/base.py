@@ -113,16 +113,31 @@ class SessionBackbone(Backbone):
 
 
 class FeatureCache:
-    """Features of one batch of images, computed at most once per backbone."""
+    """Features of one batch of images, computed at most once per backbone. A :meth:`subset` reads its
+    rows from the whole batch's features, so scoring part of a batch runs no backbone twice."""
 
     def __init__(self, images: Sequence[Image.Image]):
         self.images = images
         self._features: dict[str, Features] = {}
+        self._parent: tuple[FeatureCache, list[int]] | None = None
 
     def get(self, backbone: Backbone) -> Features:
         if backbone.key not in self._features:
-            self._features[backbone.key] = backbone.embed(self.images)
+            if self._parent is not None:
+                parent, rows = self._parent
+                whole = parent.get(backbone)
+                index = torch.tensor(rows, dtype=torch.long)
+                features = tuple(t[index] for t in whole) if isinstance(whole, tuple) else whole[index]
+            else:
+                features = backbone.embed(self.images)
+            self._features[backbone.key] = features
         return self._features[backbone.key]
+
+    def subset(self, rows: list[int]) -> FeatureCache:
+        """The features of the images at ``rows``, in that order."""
+        view = FeatureCache([self.images[i] for i in rows])
+        view._parent = (self, list(rows))
+        return view
 
     def __contains__(self, backbone: Backbone) -> bool:
         return backbone.key in self._features

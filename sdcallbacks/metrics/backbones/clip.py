@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from sdcallbacks.config.loading import LOCAL_DIR, WEIGHT_SUFFIXES
 from sdcallbacks.config.metrics import ClipModelConfig
 from sdcallbacks.metrics.backbones.base import Backbone
 from sdcallbacks.metrics.images import to_rgb
@@ -25,11 +26,10 @@ from sdcallbacks.weights import WeightsNotFoundError
 
 logger = logging.getLogger("sdcallbacks")
 
-LOCAL_DIR = "local-dir:"
 LOCAL_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
-def _check_local(config: ClipModelConfig) -> None:
+def check_local_clip(config: ClipModelConfig) -> None:
     """open_clip only warns and keeps random weights when a local-dir folder has no weights file."""
     if config.model.startswith(LOCAL_DIR):
         folder = Path(config.model[len(LOCAL_DIR) :]).expanduser()
@@ -44,7 +44,7 @@ def _check_local(config: ClipModelConfig) -> None:
                 looked_in=str(folder),
                 fix="point clip.model at a folder with open_clip_config.json and the model weights",
             )
-    elif config.pretrained and Path(config.pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors"):
+    elif config.pretrained and Path(config.pretrained).suffix in WEIGHT_SUFFIXES:
         path = Path(config.pretrained).expanduser()
         if not path.is_file():
             raise WeightsNotFoundError(
@@ -74,7 +74,7 @@ class ClipBackbone(Backbone):
     def load(self) -> None:
         import open_clip
 
-        _check_local(self.config)
+        check_local_clip(self.config)
         quick_gelu = self.pretrained == "openai" and "quickgelu" not in self.config.model.lower()
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(

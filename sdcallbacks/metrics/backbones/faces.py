@@ -16,7 +16,7 @@ from PIL import Image
 
 from sdcallbacks.metrics.backbones.base import Backbone
 from sdcallbacks.metrics.images import to_rgb
-from sdcallbacks.weights import resolve_url_file, torch_home
+from sdcallbacks.weights import load_state_dict_file, resolve_url_file, torch_home
 
 VGGFACE2_URL = (
     "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
@@ -60,7 +60,7 @@ class FaceEmbedder(Backbone):
         )
         # The published file holds the 8631-class logits too: load it whole, then drop the classifier.
         net = InceptionResnetV1(pretrained=None, classify=True, num_classes=VGGFACE2_CLASSES)
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        net.load_state_dict(load_state_dict_file(path))
         net.classify = False
         self.net = net.eval().to(self.device)
 

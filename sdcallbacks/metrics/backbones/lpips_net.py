@@ -17,7 +17,7 @@ from PIL import Image
 
 from sdcallbacks.metrics.backbones.base import Backbone
 from sdcallbacks.metrics.images import to_rgb
-from sdcallbacks.weights import resolve_url_file, torch_home
+from sdcallbacks.weights import load_state_dict_file, resolve_url_file, torch_home
 
 TRUNK_URLS = {
     "alex": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
@@ -28,7 +28,7 @@ TRUNK_URLS = {
 
 def load_trunk(model, path) -> None:
     """Torchvision ``features.<i>.*`` weights into lpips' ``net.slice<k>.<i>.*`` modules."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_state_dict_file(path)
     target = {}
     for name in model.net.state_dict():
         _, index, param = name.split(".", 2)

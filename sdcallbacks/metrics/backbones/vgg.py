@@ -16,7 +16,7 @@ from PIL import Image
 
 from sdcallbacks.metrics.backbones.base import Backbone
 from sdcallbacks.metrics.images import to_rgb
-from sdcallbacks.weights import resolve_url_file, torch_home
+from sdcallbacks.weights import load_state_dict_file, resolve_url_file, torch_home
 
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
 STYLE_POINTS = (1, 6, 11, 20, 28)
@@ -29,7 +29,7 @@ def load_vgg19_features(path, depth: int = STYLE_POINTS[-1] + 1) -> torch.nn.Seq
     from torchvision.models import vgg19
 
     features = vgg19(weights=None).features[:depth]
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_state_dict_file(path)
     wanted = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
     wanted = {k: v for k, v in wanted.items() if int(k.split(".")[0]) < depth}
     missing = sorted(set(features.state_dict()) - set(wanted))

@@ -3,7 +3,8 @@
 Per image the raw 100 x cosine (it can be negative); the logged mean is clamped at 0 afterwards, as
 torchmetrics' ``CLIPScore`` clamps its mean, so the two agree on the same CLIP model. Prompts longer than
 77 tokens are cut keeping the end token (torchmetrics slices the end token away instead) and logged.
-CLIP score is weak on booru-tag prompts; prefer ``tag_accuracy`` there.
+CLIP score is weak on booru-tag prompts; prefer ``tag_accuracy`` there. An image without a prompt (a scored
+folder with no caption) is skipped, not compared with an empty text.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ class ClipScore(ImageMetric):
     name = "clip_score"
     higher_is_better = True
     config_class = ClipScoreConfig
+    uses_prompt = True
     config: ClipScoreConfig
 
     def key_specs(self) -> dict[str, KeySpec]:

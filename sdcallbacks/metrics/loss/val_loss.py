@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sdcallbacks.config.loading import read_text
 from sdcallbacks.config.metrics import ValLossConfig
 from sdcallbacks.metrics.images import ImageFolder
 from sdcallbacks.sampling.modes import eval_mode
@@ -64,7 +65,7 @@ class ValidationLoss:
                     logger.warning(
                         "sdcallbacks: val_loss: %s has no caption file %s; using ''", path, caption.name
                     )
-                captions.append(caption.read_text(encoding="utf-8").strip() if caption.is_file() else "")
+                captions.append(read_text(caption).strip() if caption.is_file() else "")
             self._data = (folder.images, captions)
         return self._data
 

@@ -31,6 +31,7 @@ class TagAccuracy(ImageMetric):
     name = "tag_accuracy"
     higher_is_better = True
     config_class = TagAccuracyConfig
+    uses_prompt = True
     extra_keys: ClassVar[dict[str, bool]] = {"precision": True, "f1": True, "oov_rate": False}
     config: TagAccuracyConfig
 
