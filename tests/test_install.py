@@ -158,7 +158,9 @@ def test_the_command_line_prints_its_own_lines_not_open_clips_chatter(tmp_path, 
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "scored 1 images" in done.stdout
-    assert "Loaded" not in done.stderr and "Loading model config" not in done.stderr, done.stderr
+    # what open_clip logs at INFO on the root logger while it loads a model (12 lines before)
+    chatter = ("Instantiating model architecture", "creation process complete", "Parsing tokenizer")
+    assert not any(line in done.stderr for line in chatter), done.stderr
 
 
 def test_ctrl_c_in_the_demo_says_where_the_partial_outputs_are(tmp_path, monkeypatch, capsys):

@@ -17,6 +17,7 @@ from sdcallbacks.aggregation.records import ImageRecord, aggregate, bootstrap_ci
 from sdcallbacks.config import ClipModelConfig, MetricsConfig, PromptDefaults, PromptEntry
 from sdcallbacks.config import metrics as mc
 from sdcallbacks.metrics import METRICS, BackbonePool, ImageBatch, KeySpec, build_metrics
+from sdcallbacks.metrics.backbones.base import Backbone
 from sdcallbacks.metrics.backbones.clip import ClipBackbone
 from sdcallbacks.metrics.images import ImageFolder, ImageFolderError
 from sdcallbacks.prompts.library import expand_jobs, resolve_prompts
@@ -398,35 +399,103 @@ def test_cmmd_matches_the_paper_formula(evaluators, tmp_path):
     assert len(refs_images) == 5
 
 
-def test_fid_and_inception_score_through_torchmetrics(evaluators, tmp_path):
+def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
+    """FID re-derived: |mu_x - mu_y|^2 + tr(S_x + S_y - 2 sqrtm(S_x S_y)), unbiased covariances."""
+    from scipy import linalg
+
+    sx, sy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    root = linalg.sqrtm(sx @ sy).real
+    return float(np.sum((x.mean(0) - y.mean(0)) ** 2) + np.trace(sx) + np.trace(sy) - 2 * np.trace(root))
+
+
+def inception_score(logits: np.ndarray) -> float:
+    """IS re-derived for one split: exp(mean over images of KL(p(y|x) || p(y)))."""
+    log_p = logits - logits.max(1, keepdims=True)
+    log_p = log_p - np.log(np.exp(log_p).sum(1, keepdims=True))
+    p = np.exp(log_p)
+    marginal = p.mean(0, keepdims=True)
+    return float(np.exp((p * (log_p - np.log(marginal))).sum(1).mean()))
+
+
+def test_fid_equals_a_scipy_re_derivation_on_features_that_differ(evaluators, tmp_path):
     from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from sdcallbacks.metrics.distribution.features import FeatureRows
+
+    refs = folder_of(tmp_path / "refs", squares(6, size=48, seed=41, colours=("red", "green", "blue")))
+    fid = METRICS["fid"](mc.FidConfig(references=refs, weights=str(evaluators.inception)))
+    images = squares(6, size=48, seed=42, colours=("yellow", "purple"))
+    value = fid.score(images, jobs_for(*"abcdef"))["fid"]
+    real = fid.net.embed(ImageFolder.read(refs).images)
+    fake = fid.net.embed(images)
+    assert float((fake - fake.mean(0)).std()) > 0.05  # the test Inception tells images apart
+    assert value > 1.0  # far from 0: two different sets
+    assert value == pytest.approx(frechet_distance(real.numpy(), fake.numpy()), rel=1e-4)
+    reference = FrechetInceptionDistance(feature=FeatureRows(2048))  # and torchmetrics, the peer
+    reference.update(real, real=True)
+    reference.update(fake, real=False)
+    assert value == pytest.approx(float(reference.compute()), rel=1e-6)
+    # A set against itself: 0, never the -1e-7 that the square root's rounding can give.
+    same = fid.score(ImageFolder.read(refs).images, jobs_for(*"abcdef"))["fid"]
+    assert 0.0 <= same < 1e-3
+
+
+def test_inception_score_equals_a_numpy_re_derivation_and_torchmetrics(evaluators):
+    import warnings
+
     from torchmetrics.image.inception import InceptionScore as TorchmetricsIS
 
-    from sdcallbacks.metrics.distribution.features import FeatureRows, on_features
+    from sdcallbacks.metrics.distribution.features import on_features
 
-    refs = folder_of(tmp_path / "refs", squares(4, size=48, seed=41))
-    fid = METRICS["fid"](mc.FidConfig(references=refs, weights=str(evaluators.inception)))
-    images = squares(4, size=48, seed=42)
-    value = fid.score(images, jobs_for(*"abcd"))["fid"]
-    reference = FrechetInceptionDistance(feature=FeatureRows(2048))
-    reference.update(fid.net.embed(ImageFolder.read(refs).images), real=True)
-    reference.update(fid.net.embed(images), real=False)
-    assert value == pytest.approx(float(reference.compute()), rel=1e-6)
-    inception = METRICS["inception_score"](
-        mc.InceptionScoreConfig(weights=str(evaluators.inception), splits=2)
-    )
+    images = squares(8, size=48, seed=42, colours=("red", "green", "blue", "yellow", "purple"))
+    inception = METRICS["inception_score"](mc.InceptionScoreConfig(weights=str(evaluators.inception)))
     before = torch.get_rng_state()
-    scores = inception.score(images, jobs_for(*"abcd"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one split: no std, and no NaN warning from torch
+        scores = inception.score(images, jobs_for(*"abcdefgh"))
     assert torch.equal(before, torch.get_rng_state())  # a private generator: training's stream untouched
-    # IS = exp(mean KL) >= 1 exactly; in floating point a uniform-ish set lands a few ulps below 1.
-    assert scores["inception_score"] >= 1.0 - 1e-9 and math.isfinite(scores["inception_score/std"])
     logits = inception.net.embed(images)
-    reference_is = on_features(TorchmetricsIS, logits.shape[1], splits=2)
-    reference_is.update(logits)
-    torch.manual_seed(0)
-    mean, std = reference_is.compute()
-    assert scores["inception_score"] == pytest.approx(float(mean), rel=1e-6)
-    assert scores["inception_score/std"] == pytest.approx(float(std), rel=1e-6)
+    assert scores["inception_score"] == pytest.approx(inception_score(logits.numpy()), rel=1e-6)
+    assert scores["inception_score"] > 1.5  # far from the 1.0 of identical or one-image splits
+    assert scores["inception_score/std"] is None
+
+    two = METRICS["inception_score"](mc.InceptionScoreConfig(weights=str(evaluators.inception), splits=2))
+    split_scores = two.score(images, jobs_for(*"abcdefgh"))
+    reference = on_features(TorchmetricsIS, logits.shape[1], splits=2)
+    reference.update(logits)
+    torch.manual_seed(0)  # torchmetrics shuffles with the global generator; ours is private, seeded 0
+    mean, std = reference.compute()
+    assert split_scores["inception_score"] == pytest.approx(float(mean), rel=1e-6)
+    assert split_scores["inception_score/std"] == pytest.approx(float(std), rel=1e-6)
+
+
+class ConfidentClassifier(Backbone):
+    """Stands in for the Inception logits: image i (red channel i) is classified as class i, surely."""
+
+    key = "inception-v3:logits_unbiased:torch-fidelity"  # the key InceptionScore asks its pool for
+
+    def load(self):
+        pass
+
+    def forward(self, images):
+        classes = [int(np.asarray(im)[0, 0, 0]) for im in images]
+        return 50.0 * torch.nn.functional.one_hot(torch.tensor(classes), 1008).double()
+
+
+@pytest.mark.parametrize("n", [8, 10, 16])
+def test_inception_score_of_n_distinct_confident_images_is_n_by_default(n, caplog):
+    """Every split holding one image scores exactly 1 whatever the images: the old default (10 splits)
+    made IS 1.0 on any validation of up to 10 images."""
+    pool = BackbonePool()
+    pool.get(ConfidentClassifier())
+    images = [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(n)]
+    jobs = jobs_for(*[f"p{i}" for i in range(n)])
+    scores = METRICS["inception_score"](mc.InceptionScoreConfig(), pool=pool).score(images, jobs)
+    assert scores["inception_score"] == pytest.approx(n, rel=1e-6)
+    with caplog.at_level(logging.WARNING, logger="sdcallbacks"):
+        one_each = METRICS["inception_score"](mc.InceptionScoreConfig(splits=n), pool=pool)
+        assert one_each.score(images, jobs)["inception_score"] == pytest.approx(1.0)
+    assert "fewer than 2 per split" in caplog.text
 
 
 def test_set_metrics_give_a_value_a_delta_and_count_a_skip():

@@ -48,3 +48,58 @@ def test_val_loss_rejects_timesteps_beyond_the_schedule(tiny_modules, held_out):
     loss = ValidationLoss(ValLossConfig(data=held_out, resolution=32, timesteps=[1000]))
     with pytest.raises(ValueError, match="num_train_timesteps"):
         loss.evaluate(tiny_modules)
+
+
+def test_imagefolder_captions_are_read_and_uncaptioned_images_are_counted_skips(
+    tiny_modules, held_out, tmp_path_factory, caplog
+):
+    import json
+    import logging
+    import shutil
+
+    config = {"resolution": 32, "batch_size": 2, "timesteps": [400]}
+    with_txt = ValidationLoss(ValLossConfig(data=held_out, **config)).evaluate(tiny_modules)
+
+    layout = tmp_path_factory.mktemp("imagefolder")  # diffusers' imagefolder: metadata.jsonl, no .txt
+    with (layout / "metadata.jsonl").open("w", encoding="utf-8") as fh:
+        for i in range(3):
+            shutil.copy(held_out / f"{i}.png", layout / f"{i}.png")
+            caption = (held_out / f"{i}.txt").read_text(encoding="utf-8")
+            fh.write(json.dumps({"file_name": f"{i}.png", "text": caption}) + "\n")
+    from_metadata = ValidationLoss(ValLossConfig(data=layout, **config))
+    assert from_metadata.evaluate(tiny_modules) == with_txt
+    assert from_metadata.data()[1] == [(held_out / f"{i}.txt").read_text(encoding="utf-8") for i in range(3)]
+
+    shutil.copy(held_out / "0.png", layout / "uncaptioned.png")  # neither an entry nor a .txt
+    with caplog.at_level(logging.WARNING, logger="sdcallbacks"):
+        partial = ValidationLoss(ValLossConfig(data=layout, **config))
+        assert partial.evaluate(tiny_modules) == with_txt  # left out, not scored with an empty prompt
+    assert list(partial.skipped) == [layout / "uncaptioned.png"]
+    assert "1 of 4 held-out images skipped: uncaptioned.png: no caption" in caplog.text
+
+
+def test_held_out_images_are_prepared_like_diffusers_dreambooth_training_images(tmp_path):
+    """Bilinear short side (torchvision's size rule), centre crop, alpha dropped (not composited), [-1, 1]:
+    re-derived with PIL and numpy."""
+    from PIL import Image
+
+    from sdcallbacks.metrics.loss.val_loss import load_training_image, to_pixels
+
+    rgba = np.zeros((45, 70, 4), dtype=np.uint8)
+    rgba[..., 0] = np.linspace(0, 255, 70, dtype=np.uint8)[None, :]
+    rgba[..., 1] = np.linspace(255, 0, 45, dtype=np.uint8)[:, None]
+    rgba[..., 2] = 200  # hidden under alpha 0 on the left half: the script keeps these colours
+    rgba[..., 3] = 255
+    rgba[:, :35, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+
+    image = load_training_image(tmp_path / "a.png")
+    assert image.mode == "RGB" and np.asarray(image)[0, 0].tolist() == [0, 255, 200]  # not white
+
+    size = 32
+    width = int(size * 70 / 45)  # torchvision: the long side is truncated
+    resized = image.resize((width, size), Image.BILINEAR)
+    left = round((width - size) / 2.0)  # Python rounds half to even, as torchvision does
+    expected = np.asarray(resized.crop((left, 0, left + size, size)), dtype=np.float32) / 255.0 * 2 - 1
+    got = to_pixels(image, size).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)

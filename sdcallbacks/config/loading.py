@@ -98,11 +98,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _unique_json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    duplicates = sorted({k for k in keys if keys.count(k) > 1})
-    if duplicates:
-        raise ValueError(f"duplicate key {duplicates[0]!r} in one JSON object")
-    return dict(pairs)
+    """``json.loads``' object hook: a key given twice in one object is an error (JSON keeps the last)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r} in one JSON object")
+        out[key] = value
+    return out
 
 
 def parse_structured(path: Path, suffixes: tuple[str, ...] = (".yaml", ".yml", ".json", ".toml")) -> Any:

@@ -200,10 +200,18 @@ def write_torchvision_features(path: Path, arch: str, seed: int = 0) -> Path:
     return path
 
 
-def write_inception(path: Path, seed: int = 0) -> Path:
-    """torch-fidelity's Inception v3 state_dict layout with random weights."""
+def write_inception(path: Path, seed: int = 0, logit_scale: float = 12.0) -> Path:
+    """torch-fidelity's Inception v3 state_dict layout with random weights whose features tell images apart.
+
+    With PyTorch's default initialisation the activations shrink layer by layer and every image ends up
+    with nearly the same features (FID about 0, IS exactly 1: tests of them would prove nothing). So the
+    convolutions get He (Kaiming) initialisation, the batch norms are calibrated on a few random images
+    (their running statistics become those images' batch statistics), and the classifier is scaled so
+    that logits are confident (``logit_scale`` times a unit-variance projection).
+    """
     from unittest import mock
 
+    from torch import nn
     from torch_fidelity import feature_extractor_inceptionv3 as fidelity
 
     torch.manual_seed(seed)
@@ -213,6 +221,21 @@ def write_inception(path: Path, seed: int = 0) -> Path:
         mock.patch.object(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None),
     ):
         net = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the calibration batch
+    nn.init.normal_(net.fc.weight, std=logit_scale / net.fc.in_features**0.5)
+    nn.init.zeros_(net.fc.bias)
+    generator = torch.Generator().manual_seed(seed)
+    blocks = torch.randint(0, 256, (8, 3, 4, 4), generator=generator, dtype=torch.uint8)
+    calibration = torch.nn.functional.interpolate(blocks.float(), size=64, mode="nearest").to(torch.uint8)
+    net.train()
+    with torch.no_grad():
+        net(calibration)
+    net.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path)
     return path

@@ -1,7 +1,9 @@
 """``fid``: Fréchet Inception Distance through torchmetrics' ``FrechetInceptionDistance`` on
 torch-fidelity's Inception v3 pool features (2048-d), against a reference folder. For users who have
 the Inception weights (``weights``). FID is badly biased below a few thousand images: with a validation
-set of dozens, compare it between steps of one run, never with published numbers. Lower is better."""
+set of dozens, compare it between steps of one run, never with published numbers. Lower is better.
+A distance cannot be negative; the matrix square root's rounding can make a set compared with itself come
+out at -1e-7 or so, which is reported as 0."""
 
 from __future__ import annotations
 
@@ -38,4 +40,4 @@ class Fid(SetMetric):
         fid = on_features(FrechetInceptionDistance, generated.shape[1])
         fid.update(self.references, real=True)
         fid.update(generated, real=False)
-        return {self.name: float(fid.compute())}
+        return {self.name: max(float(fid.compute()), 0.0)}

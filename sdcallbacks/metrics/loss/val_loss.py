@@ -1,11 +1,20 @@
 """``val_loss``: the denoising loss on held-out images at fixed timesteps with fixed noise.
 
-No sampling: per held-out image (with its same-stem ``.txt`` caption), the VAE latent (distribution mean,
-times the VAE's scaling factor) is noised at each configured timestep (kohya's 200/400/600/800 of 1000 by
-default) with noise drawn once from a per-image seed, and the UNet's prediction is compared with its target
-(the noise, or the velocity for v-prediction) by mean squared error. Same images, same noise, same
-timesteps every time, so the curve moves only with the weights. Logged as ``val/val_loss`` (mean over
-timesteps and images) and ``val/val_loss/t<t>``.
+No sampling: per held-out image, the VAE latent is noised at each configured timestep (kohya's
+200/400/600/800 of 1000 by default) with noise drawn once from a per-image seed, and the UNet's prediction is
+compared with its target (the noise, or the velocity for v-prediction) by mean squared error. Same images,
+same noise, same timesteps every time, so the curve moves only with the weights. Logged as ``val/val_loss``
+(mean over timesteps and images) and ``val/val_loss/t<t>``.
+
+Captions come from the folder's ``metadata.jsonl`` (diffusers' ``imagefolder`` layout: ``file_name`` and
+``text`` per line, what diffusers' text-to-image scripts and the tiny world's ``concept/`` use), else from a
+same-stem ``.txt`` file; an image with neither is skipped and counted (a warning at first use), never
+paired with an empty prompt.
+
+Images are prepared as diffusers' DreamBooth scripts prepare training images: EXIF orientation applied,
+``convert("RGB")`` (alpha dropped, not composited), torchvision ``Resize(resolution, BILINEAR)`` of the short
+side, ``CenterCrop``, then [-1, 1]. One difference on purpose: the latent is the VAE's distribution **mean**,
+not a sample as in training, so the loss is deterministic (times the VAE's scaling factor, after its shift).
 
 It runs with the sampler's protections: every global random stream restored, every submodule in eval mode
 and restored after, no gradients, autocast matching ``mixed_precision``, the training scheduler untouched
@@ -15,15 +24,17 @@ size and pooled-text conditioning that this loss does not build yet.
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
-from sdcallbacks.config.loading import read_text
+from sdcallbacks.config.loading import ConfigError, read_text
 from sdcallbacks.config.metrics import ValLossConfig
-from sdcallbacks.metrics.images import ImageFolder
+from sdcallbacks.metrics.images import UNREADABLE, image_files
 from sdcallbacks.sampling.modes import eval_mode
 from sdcallbacks.sampling.pipeline import TrainingModules, unwrap
 from sdcallbacks.sampling.rng import isolated_rng
@@ -31,17 +42,50 @@ from sdcallbacks.sampling.sampler import autocast_for
 
 logger = logging.getLogger("sdcallbacks")
 
+METADATA = "metadata.jsonl"  # diffusers' imagefolder captions
+
 
 def to_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
-    """(3, r, r) in [-1, 1]: short side to r (bicubic), centre crop, as the diffusers train scripts."""
-    w, h = image.size
-    scale = resolution / min(w, h)
-    image = image.resize(
-        (max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC
+    """(3, r, r) in [-1, 1] with the transforms of diffusers' DreamBooth scripts (bilinear short side to r,
+    centre crop, normalise by 0.5)."""
+    from torchvision import transforms
+
+    prepare = transforms.Compose(
+        [
+            transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
+            transforms.CenterCrop(resolution),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5], [0.5]),
+        ]
     )
-    left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
-    image = image.crop((left, top, left + resolution, top + resolution))
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+    return prepare(image)
+
+
+def load_training_image(path: Path) -> Image.Image:
+    """An image as diffusers' DreamBooth scripts load one: EXIF orientation applied, then RGB."""
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened)
+        return image.convert("RGB") if image.mode != "RGB" else image.copy()
+
+
+def read_imagefolder_captions(folder: Path) -> dict[str, str]:
+    """``file_name`` -> ``text`` from ``folder/metadata.jsonl`` (empty when there is none); a bad line is a
+    located error."""
+    path = folder / METADATA
+    if not path.is_file():
+        return {}
+    captions = {}
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            captions[Path(row["file_name"]).as_posix()] = str(row["text"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ConfigError(
+                path, [f"line {number}: expected a JSON object with 'file_name' and 'text'"]
+            ) from None
+    return captions
 
 
 class ValidationLoss:
@@ -50,23 +94,42 @@ class ValidationLoss:
     def __init__(self, config: ValLossConfig):
         self.config = config
         self._data: tuple[list[Image.Image], list[str]] | None = None
+        self.skipped: dict[Path, str] = {}  # held-out images left out, and why
 
     def output_keys(self) -> list[str]:
         """``val_loss`` (the mean over all timesteps) and ``val_loss/t<t>`` per timestep."""
         return [self.name, *(f"{self.name}/t{t}" for t in self.config.timesteps)]
 
     def data(self) -> tuple[list[Image.Image], list[str]]:
+        """The held-out images with their captions (read once); uncaptioned or unreadable ones are skipped,
+        counted in :attr:`skipped` and named in one warning."""
         if self._data is None:
-            folder = ImageFolder.read(self.config.data, what="val_loss data")
-            captions = []
-            for path in folder.paths:
-                caption = path.with_suffix(".txt")
-                if not caption.is_file():
-                    logger.warning(
-                        "sdcallbacks: val_loss: %s has no caption file %s; using ''", path, caption.name
-                    )
-                captions.append(read_text(caption).strip() if caption.is_file() else "")
-            self._data = (folder.images, captions)
+            root = Path(self.config.data).expanduser()
+            metadata = read_imagefolder_captions(root)
+            images, captions, self.skipped = [], [], {}
+            for path in image_files(root, "val_loss data"):
+                caption = metadata.get(path.relative_to(root).as_posix())
+                if caption is None and path.with_suffix(".txt").is_file():
+                    caption = read_text(path.with_suffix(".txt")).strip()
+                if caption is None:
+                    self.skipped[path] = f"no caption ({METADATA} entry or {path.with_suffix('.txt').name})"
+                    continue
+                try:
+                    images.append(load_training_image(path))
+                except UNREADABLE as err:
+                    self.skipped[path] = f"unreadable ({type(err).__name__}: {err})"
+                    continue
+                captions.append(caption)
+            if self.skipped:
+                logger.warning(
+                    "sdcallbacks: val_loss: %d of %d held-out images skipped: %s",
+                    len(self.skipped),
+                    len(self.skipped) + len(images),
+                    "; ".join(f"{p.name}: {why}" for p, why in self.skipped.items()),
+                )
+            if not images:
+                raise ValueError(f"val_loss: no captioned, readable image in {root}")
+            self._data = (images, captions)
         return self._data
 
     def evaluate(
