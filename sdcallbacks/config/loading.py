@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from sdcallbacks.config.metrics import MetricsConfig
+from sdcallbacks.config.metrics import MODEL_SOURCE_FIELDS, WEIGHTS_FILE_FIELDS, MetricsConfig
 from sdcallbacks.config.schema import RunConfig
 from sdcallbacks.weights import is_hub_id
 
@@ -170,7 +170,7 @@ def resolve_metric_paths(metrics: MetricsConfig, base: Path) -> None:
             value = getattr(section, field, None)
             if isinstance(value, Path) and not value.is_absolute():
                 setattr(section, field, base / value)
-        for field in ("model", "head", "weights", "trunk_weights"):
+        for field in (*MODEL_SOURCE_FIELDS, *WEIGHTS_FILE_FIELDS):
             value = getattr(section, field, None)
             if isinstance(value, str):
                 setattr(section, field, _local_against(value, base))

@@ -14,6 +14,10 @@ from pydantic import Field, PositiveInt, field_validator
 
 from sdcallbacks.config.base import ImageSide, Seed, StrictModel
 
+# Fields naming where a metric's weights are (relative local paths resolve against the config's folder):
+MODEL_SOURCE_FIELDS = ("model", "head")  # a hub repo id, a local folder or the file itself
+WEIGHTS_FILE_FIELDS = ("weights", "trunk_weights")  # optional: a local file instead of a library's cache
+
 
 class MetricConfig(StrictModel):
     """Settings every metric has."""

@@ -21,15 +21,14 @@ from sdcallbacks.sampling.rng import isolated_rng
 from sdcallbacks.weights import WeightsNotFoundError, is_hub_id, resolve_local_file
 
 _CCIP_FILES = ("model_feat.onnx", "model_metrics.onnx", "metrics.json")
-# Sections whose model comes from ``resolve_file``: the field and the files a local folder must hold.
+# Sections whose model comes from ``resolve_file``: the field (one of ``MODEL_SOURCE_FIELDS``) and the files
+# a local folder must hold.
 _MODEL_FILES: dict[type[BaseModel], tuple[str, Callable[[BaseModel], tuple[str, ...]]]] = {
     mc.TagAccuracyConfig: ("model", lambda c: ("model.onnx", "selected_tags.csv")),
     mc.AestheticAnimeConfig: ("model", lambda c: ("model.onnx",)),
     mc.CcipConfig: ("model", lambda c: tuple(f"{c.variant}/{n}" for n in _CCIP_FILES)),
     mc.AestheticLaionConfig: ("head", lambda c: (c.head_filename,)),
 }
-# Optional overrides of files that are otherwise found in a library's cache: given, they must exist.
-_OVERRIDE_FILES = ("weights", "trunk_weights")
 
 
 FACE_CHECK_IMAGES = 4  # reference photos MTCNN looks at before giving up (about 0.1 s each on a CPU)
@@ -75,7 +74,7 @@ def _section_problems(key: str, section: BaseModel) -> list[str]:
         why = image_folder_problem(section.data, "held-out images")
         if why:
             problems.append(f"{key}.data: {why}")
-    for name in _OVERRIDE_FILES:
+    for name in mc.WEIGHTS_FILE_FIELDS:  # optional overrides of a library's cache: given, they must exist
         value = getattr(section, name, None)
         if value is not None and not Path(value).expanduser().is_file():
             problems.append(f"{key}.{name}: {value} is not a file")

@@ -3,7 +3,8 @@ torch-fidelity's Inception v3 pool features (2048-d), against a reference folder
 the Inception weights (``weights``). FID is badly biased below a few thousand images: with a validation
 set of dozens, compare it between steps of one run, never with published numbers. Lower is better.
 A distance cannot be negative; the matrix square root's rounding can make a set compared with itself come
-out at -1e-7 or so, which is reported as 0."""
+out slightly below 0 (about -1e-7 on large sets, -1e-3 with fewer images than the 2048 feature dimensions),
+which is reported as 0."""
 
 from __future__ import annotations
 
