@@ -41,7 +41,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,18 @@ class SampledVariant:
     extras: dict[str, float] = field(default_factory=dict)  # time/..., memory figures
 
 
+def _merged(earlier: Decision | None, later: Decision) -> Decision:
+    """Two decisions not yet delivered, as one: a stop or a new best in either one is kept."""
+    if earlier is None:
+        return later
+    return Decision(
+        stop=earlier.stop or later.stop,
+        new_best=earlier.new_best or later.new_best,
+        best_model_path=later.best_model_path,
+        stopping_reason=later.stopping_reason if later.stop else earlier.stopping_reason,
+    )
+
+
 def _control(decision: Decision, validated: bool = True) -> Control:
     return Control(should_validate=validated, should_stop=decision.stop, should_save=decision.new_best)
 
@@ -169,6 +181,9 @@ class ValidationCallback:
         self._pools = list({id(m.pool): m.pool for m in self.metrics if hasattr(m, "pool")}.values())
         self._pending: BackgroundJob[Decision] | None = None
         self._pending_step: int | None = None
+        # A collected job's decision until a hook hands it to the loop: exactly once, whichever call
+        # (on_step_end, the next validation, state_dict, on_train_end) collected the job.
+        self._undelivered: Decision | None = None
         self._report_lock = threading.Lock()  # the scoring thread and the loop both write files/trackers
         self._resumed = False  # load_state_dict ran: on_train_start continues the run's outputs
         if register and accelerator is not None:
@@ -270,7 +285,8 @@ class ValidationCallback:
             return _CONTINUE
         if not self.schedule.is_due(global_step):
             self._loss_between_validations(global_step)
-            if self._pending is not None and self._pending.done() and self._world[1] == 1:
+            finished = self._pending is not None and self._pending.done()
+            if (finished or self._undelivered is not None) and self._world[1] == 1:
                 return self._collected_control()
             return _CONTINUE
         return self.validate(global_step)
@@ -345,7 +361,8 @@ class ValidationCallback:
         decision, failures, sampled = Decision(), [], []
         if self.background and self.is_main_process:
             with self._carried(failures):  # the previous job first: one in flight, decisions <= 1 late
-                decision = self._collect(wait=True) or decision
+                self._collect(wait=True)
+                decision = self._take_decision() or decision
         waited = time.perf_counter() - started
         meter = MemoryMeter(self.sampler.device)
         meter.start()
@@ -472,21 +489,22 @@ class ValidationCallback:
         self._pending = BackgroundJob(job, name=f"sdcallbacks-scoring-step-{step}")
         self._pending_step = step
 
-    def _collect(self, wait: bool) -> Decision | None:
-        """The finished background job's decision (main process); None while it runs or when it failed
-        (logged here, in the training process, and counted). ``wait`` blocks up to ``scoring.wait_s``."""
+    def _collect(self, wait: bool) -> None:
+        """Collect the finished background job (main process): its decision waits in ``_undelivered``
+        until :meth:`_take_decision`; a failed job is logged here, in the training process, and counted.
+        Nothing while it runs; ``wait`` blocks up to ``scoring.wait_s``."""
         job = self._pending
         if job is None:
-            return None
+            return
         if wait and not job.wait(self.config.scoring.wait_s):
             logger.error(
                 "sdcallbacks: the scoring job of step %d is still running after scoring.wait_s=%g s",
                 self._pending_step,
                 self.config.scoring.wait_s,
             )
-            return None
+            return
         if not job.done():
-            return None
+            return
         self._pending = None
         if job.error is not None:
             self.failed_validations += 1
@@ -498,8 +516,13 @@ class ValidationCallback:
                 self._pending_step,
                 job.traceback,
             )
-            return None
-        return job.result
+            return
+        self._undelivered = _merged(self._undelivered, job.result)
+
+    def _take_decision(self) -> Decision | None:
+        """The collected decision not yet handed to the loop, once."""
+        decision, self._undelivered = self._undelivered, None
+        return decision
 
     def wait_for_scoring(self) -> Control:
         """Block until the background scoring job in flight, if any, has finished and been collected
@@ -508,7 +531,8 @@ class ValidationCallback:
 
     def _collected_control(self, wait: bool = False) -> Control:
         """The finished job's decision; with one process acted on at the first step after it finished."""
-        decision = self._collect(wait=wait)
+        self._collect(wait=wait)
+        decision = self._take_decision()
         return _CONTINUE if decision is None else _control(decision, validated=False)
 
     def _finish_background(self, control: Control) -> Control:
@@ -516,7 +540,8 @@ class ValidationCallback:
         decision, failures = None, []
         if self.is_main_process:
             with self._carried(failures):
-                decision = self._collect(wait=True)
+                self._collect(wait=True)
+            decision = self._take_decision()
         failure = failures[0] if failures else None
         decision, selection, failure = self._broadcast((decision, self.selection.state_dict(), failure))
         if not self.is_main_process:
@@ -677,10 +702,13 @@ class ValidationCallback:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue as if it had not stopped (plain Python values). A
-        background scoring job in flight is waited for first (``scoring.wait_s``), so its results are in."""
+        background scoring job in flight is waited for first (``scoring.wait_s``), so its results are in;
+        its decision is kept for the loop's next hook (and in the state, for a resumed run)."""
         if self._pending is not None:
             self._collect(wait=True)
+        undelivered = asdict(self._undelivered) if self._undelivered is not None else None
         return {
+            "undelivered": undelivered,
             "schedule": self.schedule.state_dict(),
             "baseline": {k: [r.__dict__ for r in v] for k, v in self.baseline.items()},
             "baseline_sets": self.baseline_sets,
@@ -695,3 +723,5 @@ class ValidationCallback:
         self.baseline_sets = state.get("baseline_sets", {})
         self.selection.load_state_dict(state["selection"])
         self.failed_validations = state["failed_validations"]
+        undelivered = state.get("undelivered")
+        self._undelivered = Decision(**undelivered) if undelivered is not None else None

@@ -223,3 +223,52 @@ def test_cuda_memory_after_a_validation(tmp_path, evaluators, tiny_modules, plac
         assert all(p.device.type == "cpu" for p in clip_backbone.model.parameters())
     else:
         assert all(p.device.type == "cuda" for p in clip_backbone.model.parameters())
+
+
+class Worsening(MeanBrightness):
+    """A score that gets worse at every validation: 1, 1/2, 1/3, ..."""
+
+    name = "worsening"
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def compute(self, batch):
+        self.calls += 1
+        return {self.name: [1.0 / self.calls] * len(batch)}
+
+
+def test_a_stop_decision_collected_by_state_dict_reaches_the_loop_exactly_once(
+    tmp_path, tagger_dir, clip_tokenizer
+):
+    """accelerator.save_state calls state_dict() right after on_step_end: the job it waits for may carry
+    the stop, which must still reach the loop (and a run resumed from that state)."""
+    import json
+
+    data = config(
+        tmp_path,
+        tagger_dir,
+        "async",
+        metrics={},
+        monitor="val/worsening/mean",
+        early_stopping={"patience": 1},
+        sampling={"baseline": False},
+        schedule={"every_n_steps": 4},
+    )
+    cb = ValidationCallback(validate_config(data), metrics=[Worsening()])
+    modules = tiny_lora_modules(clip_tokenizer)
+    start(cb, modules)
+    assert not cb.on_step_end(4).should_stop  # the first validation: best so far
+    assert not cb.on_step_end(8).should_stop  # worse: patience 1 is spent, in the job now in flight
+    state = json.loads(json.dumps(cb.state_dict()))  # save_state: waits for the job, collects it
+    assert cb.stopping_reason == "patience_exhausted"
+
+    resumed = ValidationCallback(validate_config(data), metrics=[Worsening()])
+    resumed.load_state_dict(state)
+
+    control = cb.on_step_end(9)
+    assert control.should_stop and not control.should_validate
+    assert not cb.on_step_end(10).should_stop  # delivered once
+    assert resumed.on_step_end(9).should_stop  # a run resumed from the saved state gets it too
+    cb.on_train_end()

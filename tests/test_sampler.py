@@ -129,3 +129,21 @@ def test_restore_happens_even_when_sampling_fails(tiny_modules):
         raise RuntimeError("metric exploded")
     assert unet.training
     assert torch.equal(torch.rand(2), expected)
+
+
+def test_the_base_variant_leaves_every_requires_grad_as_it_was(tiny_modules, jobs):
+    """peft's enable_adapters() after the LoRA-off baseline would make frozen LoRA weights trainable."""
+    from sdcallbacks.testing.modules import perturb_lora
+
+    perturb_lora(tiny_modules, step=1)  # LoRA B starts at zero: make the adapters draw something
+    unet = tiny_modules.unet
+    for name, param in unet.named_parameters():
+        if "to_k.lora_A" in name:
+            param.requires_grad_(False)  # the user froze these
+    before = {name: p.requires_grad for name, p in unet.named_parameters()}
+    frozen = [name for name, trainable in before.items() if "lora" in name and not trainable]
+    assert frozen
+    base = ValidationSampler(tiny_modules, batch_size=2).sample(jobs[:2], variant="base")
+    assert {name: p.requires_grad for name, p in unet.named_parameters()} == before
+    model = ValidationSampler(tiny_modules, batch_size=2).sample(jobs[:2])
+    assert not np.array_equal(pixels(base), pixels(model))  # the adapters were off, then back on

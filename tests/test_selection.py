@@ -241,3 +241,46 @@ def test_best_lora_is_a_detached_snapshot_that_reloads_and_reproduces_its_image(
     cb.on_train_end(4)
     restored = _lora_values(m.unet)
     assert all(torch.equal(restored[k], at_best[k]) for k in at_best)
+
+
+LORA_CONFIGS = {
+    "alpha_2r": {"r": 4, "lora_alpha": 8},
+    "rank_and_alpha_patterns": {
+        "r": 4,
+        "lora_alpha": 4,
+        "rank_pattern": {"to_k": 2},
+        "alpha_pattern": {"to_q": 16, "to_k": 1},
+    },
+    "dora": {"r": 4, "lora_alpha": 8, "use_dora": True},
+}
+
+
+@pytest.mark.parametrize("lora", LORA_CONFIGS.values(), ids=LORA_CONFIGS.keys())
+def test_a_saved_lora_redraws_its_images_in_a_fresh_pipeline_whatever_its_config(
+    tmp_path, tagger_dir, clip_tokenizer, lora
+):
+    """The best checkpoint carries the adapter's config (diffusers' *_lora_adapter_metadata): without it
+    load_lora_weights rebuilds the adapter with lora_alpha = r and draws other images."""
+    from peft import LoraConfig
+
+    from sdcallbacks.testing.modules import perturb_lora, tiny_lora_modules
+
+    modules = tiny_lora_modules(clip_tokenizer, lora_dropout=0.0)
+    pristine = copy.deepcopy(modules)
+    modules.unet.delete_adapters("default")
+    target = ["to_q", "to_k", "to_v", "to_out.0"]
+    modules.unet.add_adapter(LoraConfig(init_lora_weights="gaussian", target_modules=target, **lora))
+    perturb_lora(modules, step=2, scale=0.3)  # LoRA B starts at zero: give it something to draw
+    cfg = _config(tmp_path, tagger_dir, sampling={"baseline": False})
+    cb = ValidationCallback.from_config(cfg)
+    cb.on_train_start(**vars(modules))
+    assert cb.on_step_end(2).should_save
+
+    pristine.unet.delete_adapters("default")
+    pipe = build_pipeline(pristine, "ddim")
+    pipe.load_lora_weights(cb.best_model_path)
+    fresh = TrainingModules(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, modules.noise_scheduler)
+    redrawn = ValidationSampler(fresh, scheduler="ddim", batch_size=2).sample(cb.jobs)
+    for job, image in zip(cb.jobs, redrawn):
+        drawn = Image.open(tmp_path / "out" / "samples" / "step_0000002" / f"{job.file_stem}.png")
+        assert np.array_equal(np.asarray(image), np.asarray(drawn)), job.file_stem

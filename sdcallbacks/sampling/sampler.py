@@ -49,6 +49,9 @@ def adapters_disabled(modules: TrainingModules) -> Iterator[None]:
     touched = [unwrap(m) for m in modules.torch_modules() if _has_adapters(m)]
     if not touched:
         raise ValueError("the base-model baseline needs LoRA adapters on the unet or text encoder (peft)")
+    # peft's enable_adapters() makes every adapter weight trainable again: keep each flag as it was, so a
+    # LoRA layer the user froze stays out of the optimizer and gradient clipping.
+    trainable = {param: param.requires_grad for module in touched for param in module.parameters()}
     try:
         for module in touched:
             module.disable_adapters()
@@ -56,6 +59,8 @@ def adapters_disabled(modules: TrainingModules) -> Iterator[None]:
     finally:
         for module in touched:
             module.enable_adapters()
+        for param, requires_grad in trainable.items():
+            param.requires_grad_(requires_grad)
 
 
 @contextlib.contextmanager

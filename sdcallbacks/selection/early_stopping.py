@@ -1,14 +1,22 @@
-"""Early stopping with Lightning ``EarlyStopping`` semantics.
+"""Early stopping with Lightning ``EarlyStopping`` semantics (``callbacks/early_stopping.py``).
 
-Each :meth:`EarlyStopping.check` is one validation. In order:
+Each :meth:`EarlyStopping.check` is one validation. In order, as Lightning's ``_evaluate_stopping_criteria``:
 
 1. a non-finite score stops (``check_finite``);
-2. a score at or past ``stopping_threshold`` stops (the goal is reached);
-3. a score worse than ``divergence_threshold`` stops;
-4. a score better than the best by **strictly more** than ``min_delta`` becomes the best and resets
-   the wait; otherwise the wait grows by one and training stops once it reaches ``patience``.
+2. a score **strictly** better than ``stopping_threshold`` stops (the goal is reached; Lightning compares
+   with ``torch.gt`` for max and ``torch.lt`` for min, so a score equal to the threshold goes on);
+3. a score **strictly** worse than ``divergence_threshold`` stops;
+4. a score better than the best by **strictly more** than ``min_delta`` becomes the best and resets the
+   wait (Lightning: ``monitor_op(current - min_delta, best)`` with ``min_delta`` signed by ``mode``);
+   otherwise the wait grows by one and training stops once it reaches ``patience``.
 
 ``patience`` counts validations, not steps. The reason is kept in ``stopping_reason``.
+
+Where this differs from Lightning, on purpose: a negative ``min_delta`` is taken by its absolute value
+(Lightning would flip the comparison); there is no ``log_rank_zero_only`` or ``verbose`` (the callback logs
+one line per stop on the main process), and the decision is made once, on the main process, and broadcast,
+where Lightning reduces ``should_stop`` across ranks. A NaN score with ``check_finite`` off never improves
+(every comparison with NaN is false) and so counts against patience, as in Lightning.
 """
 
 from __future__ import annotations
@@ -62,10 +70,10 @@ class EarlyStopping:
         sign = 1.0 if self.mode == "max" else -1.0
         if self.check_finite and not math.isfinite(score):
             return self._stop(StoppingReason.NON_FINITE_METRIC, f"{self.monitor} = {score} is not finite")
-        if self.stopping_threshold is not None and not self._better(self.stopping_threshold, score):
+        if self.stopping_threshold is not None and self._better(score, self.stopping_threshold):
             return self._stop(
                 StoppingReason.STOPPING_THRESHOLD,
-                f"{self.monitor} = {score:.6g} reached stopping_threshold {self.stopping_threshold}",
+                f"{self.monitor} = {score:.6g} passed stopping_threshold {self.stopping_threshold}",
             )
         if self.divergence_threshold is not None and self._better(self.divergence_threshold, score):
             return self._stop(

@@ -35,27 +35,38 @@ def _adapted(modules: TrainingModules, attribute: str) -> torch.nn.Module | None
     return module if module is not None and getattr(module, "peft_config", None) else None
 
 
-def lora_state_dicts(modules: TrainingModules) -> dict[str, dict[str, torch.Tensor]]:
-    """Detached CPU copies of the LoRA layers in diffusers format, by ``save_lora_weights`` argument."""
+def _adapter_name(module: torch.nn.Module) -> str:
+    """The adapter to save: peft's ``default``, else the first one the module has."""
+    return "default" if "default" in module.peft_config else next(iter(module.peft_config))
+
+
+def lora_state_dicts(modules: TrainingModules) -> dict[str, dict]:
+    """``save_lora_weights`` arguments: detached CPU copies of the LoRA layers in diffusers format
+    (``<part>_lora_layers``) and each adapter's config (``<part>_lora_adapter_metadata``), as diffusers'
+    own training scripts pass them. Without the config a loader rebuilds the adapter with
+    ``lora_alpha = r`` (and no rank or alpha patterns, no DoRA), and the LoRA draws other images."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    out = {}
+    out: dict[str, dict] = {}
     for argument, (attribute, _) in _LORA_PARTS.items():
         if argument == "text_encoder_2_lora_layers" and not modules.is_sdxl:
             continue
         module = _adapted(modules, attribute)
         if module is not None:
-            state = convert_state_dict_to_diffusers(get_peft_model_state_dict(module))
+            name = _adapter_name(module)
+            state = convert_state_dict_to_diffusers(get_peft_model_state_dict(module, adapter_name=name))
             out[argument] = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+            metadata = argument.replace("_lora_layers", "_lora_adapter_metadata")
+            out[metadata] = module.peft_config[name].to_dict()
     return out
 
 
-def _save_lora(layers: dict[str, dict[str, torch.Tensor]], is_sdxl: bool, folder: Path) -> None:
+def _save_lora(arguments: dict[str, dict], is_sdxl: bool, folder: Path) -> None:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     pipeline_cls = StableDiffusionXLPipeline if is_sdxl else StableDiffusionPipeline
-    pipeline_cls.save_lora_weights(folder, safe_serialization=True, **layers)
+    pipeline_cls.save_lora_weights(folder, safe_serialization=True, **arguments)
 
 
 @dataclass
@@ -63,7 +74,7 @@ class WeightsSnapshot:
     """The trained weights of one step, detached from training: LoRA layers, or the UNet's state dict (with
     the UNet itself kept only for its unchanging config)."""
 
-    lora: dict[str, dict[str, torch.Tensor]]
+    lora: dict[str, dict]  # save_lora_weights arguments: layers and adapter configs
     is_sdxl: bool
     unet_state: dict[str, torch.Tensor] | None = None
     unet: torch.nn.Module | None = None
