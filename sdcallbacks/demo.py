@@ -171,29 +171,28 @@ def run_demo(
     global_step = 0
     unet.train()
     bar = tqdm(total=max_steps, desc="training", unit="step", disable=not progress_bar, dynamic_ncols=True)
-    while global_step < max_steps:
-        index = torch.randint(0, len(latents), (batch_size,), generator=generator)
-        noise = torch.randn(latents[index].shape, generator=generator).to(latents.device)
-        timesteps = torch.randint(
-            0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator
-        )
-        noisy = noise_scheduler.add_noise(latents[index], noise, timesteps.to(latents.device))
-        with accelerator.accumulate(unet):
-            prediction = unet(noisy, timesteps.to(latents.device), hidden[index]).sample
-            loss = F.mse_loss(prediction.float(), noise.float())
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        if accelerator.sync_gradients:
-            global_step += 1
-            accelerator.log({"train/loss": loss.item()}, step=global_step)
-            with logging_redirect_tqdm():  # the callback's log lines print above the bar
+    with bar, logging_redirect_tqdm():  # the callback's log lines print above the bar
+        while global_step < max_steps:
+            index = torch.randint(0, len(latents), (batch_size,), generator=generator)
+            noise = torch.randn(latents[index].shape, generator=generator).to(latents.device)
+            timesteps = torch.randint(
+                0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator
+            )
+            noisy = noise_scheduler.add_noise(latents[index], noise, timesteps.to(latents.device))
+            with accelerator.accumulate(unet):
+                prediction = unet(noisy, timesteps.to(latents.device), hidden[index]).sample
+                loss = F.mse_loss(prediction.float(), noise.float())
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if accelerator.sync_gradients:
+                global_step += 1
+                accelerator.log({"train/loss": loss.item()}, step=global_step)
                 control = callback.on_step_end(global_step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", **_last_validation(callback), refresh=False)
-            if control.should_stop:
-                break
-    bar.close()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", **_last_validation(callback), refresh=False)
+                if control.should_stop:
+                    break
     callback.on_train_end(global_step)
     wandb_dir = _wandb_run_dir(accelerator)
     accelerator.end_training()

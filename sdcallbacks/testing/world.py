@@ -67,8 +67,10 @@ class TinyWorld:
 
     def concept_samples(self) -> list[tuple[Path, str]]:
         """(image path, caption) pairs of the concept training set."""
-        lines = (self.concept_dir / "metadata.jsonl").read_text(encoding="utf-8").splitlines()
-        return [(self.concept_dir / r["file_name"], r["text"]) for r in map(json.loads, lines)]
+        from sdcallbacks.metrics.loss.val_loss import read_imagefolder_captions
+
+        captions = read_imagefolder_captions(self.concept_dir)  # diffusers' imagefolder layout
+        return [(self.concept_dir / name, text) for name, text in captions.items()]
 
 
 @dataclass(frozen=True)
