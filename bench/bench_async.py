@@ -1,7 +1,7 @@
 """How long validation holds the training loop: ``scoring.mode: sync`` against ``async``.
 
 A stand-in training loop (forward, backward and AdamW step of the tiny-world UNet's LoRA) validates every
-``EVERY`` steps; the mid-size evaluator suite (see ``common.py``) scores 16 images of 4 prompts. For each
+``EVERY`` steps; the mid-size backbone suite (see ``common.py``) scores 16 images of 4 prompts. For each
 validation after the baseline: the time ``on_step_end`` held the loop (``time/blocked_s``), the sampling
 and scoring times the callback logged, and, for async, the part spent waiting for the previous job.
 Target (async): blocked <= sampling + 5% of scoring. Also the wall time of the whole loop in both modes.
@@ -59,7 +59,7 @@ def run(mode: str, root: Path, suite) -> dict[str, float]:
     params = [p for n, p in modules.unet.named_parameters() if "lora" in n]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     generator = torch.Generator().manual_seed(0)
-    cb.on_train_start(**vars(modules))  # the baseline: loads every evaluator (not measured)
+    cb.on_train_start(**vars(modules))  # the baseline: loads every backbone (not measured)
     cb.wait_for_scoring()
     blocked, started = [], time.perf_counter()
     for step in range(1, STEPS + 1):
@@ -85,7 +85,7 @@ def run(mode: str, root: Path, suite) -> dict[str, float]:
 def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        suite = mid_size_suite(Path(tmp) / "evaluators")
+        suite = mid_size_suite(Path(tmp) / "backbones")
         results = {mode: run(mode, Path(tmp), suite) for mode in ("sync", "async")}
     print(f"machine: {machine()}; {STEPS} steps, a validation every {EVERY} (medians over the last 3)")
     for mode, r in results.items():

@@ -1,10 +1,10 @@
-"""What validation leaves behind in memory: ``scoring.evaluators: offload`` against ``resident``.
+"""What validation leaves behind in memory: ``scoring.backbones: offload`` against ``resident``.
 
-Runs four validations with the mid-size evaluator suite and reads the figures the callback logs. On
-CUDA (modules and evaluators on the GPU): ``val/mem_delta_mb``, the memory still allocated after a
-validation above what was allocated before it (target with offload: within 50 MB once evaluators are
+Runs four validations with the mid-size backbone suite and reads the figures the callback logs. On
+CUDA (modules and backbones on the GPU): ``val/mem_delta_mb``, the memory still allocated after a
+validation above what was allocated before it (target with offload: within 50 MB once backbones are
 loaded), and ``val/peak_mem_mb``. On the CPU, where offloading has nothing to move: the process RSS
-after each validation, whose growth after the first (which loads the evaluators) would be a leak.
+after each validation, whose growth after the first (which loads the backbones) would be a leak.
 Run: ``python bench/bench_memory.py``.
 """
 
@@ -37,7 +37,7 @@ def run(placement: str, root: Path, suite, device: str) -> list[dict[str, float]
         "defaults": {"num_images": 4, "width": 64, "height": 64, "steps": 4},
         "sampling": {"baseline": False},
         "schedule": {"every_n_steps": 1},
-        "scoring": {"evaluators": placement},
+        "scoring": {"backbones": placement},
     }
     config = validate_config(data)
     config.metrics = suite
@@ -58,7 +58,7 @@ def run(placement: str, root: Path, suite, device: str) -> list[dict[str, float]
 def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
-        suite = mid_size_suite(Path(tmp) / "evaluators")
+        suite = mid_size_suite(Path(tmp) / "backbones")
         results = {p: run(p, Path(tmp), suite, device) for p in ("offload", "resident")}
     print(f"machine: {machine()}; device {device}; 4 validations of 16 images")
     for placement, rows in results.items():

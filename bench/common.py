@@ -1,8 +1,8 @@
-"""Shared by the benchmarks: timing, the machine line, and the mid-size evaluator world.
+"""Shared by the benchmarks: timing, the machine line, and the mid-size backbone world.
 
 The mid-size world uses real architectures with random weights, built locally in the published formats:
 open_clip ViT-B/16 (the size of the CLIP models users run beside ViT-L/14), InceptionResnetV1 with
-facenet-pytorch's real MTCNN, torchvision AlexNet (LPIPS trunk) and VGG19 (style). The ONNX evaluators
+facenet-pytorch's real MTCNN, torchvision AlexNet (LPIPS trunk) and VGG19 (style). The ONNX backbones
 (WD14 tagger, anime aesthetic, CCIP) stay tiny: building mid-size ONNX graphs needs an exporter
 (onnxscript) that is not a dependency here; their share of the real cost is therefore understated.
 """
@@ -21,7 +21,7 @@ from PIL import Image
 
 from sdcallbacks.config import MetricsConfig, PromptDefaults, PromptEntry
 from sdcallbacks.prompts.library import ImageJob, expand_jobs, resolve_prompts
-from sdcallbacks.testing import evaluators as ev
+from sdcallbacks.testing import backbones as ev
 from sdcallbacks.testing.shapes import draw_square
 from sdcallbacks.testing.tagger import write_tagger
 
@@ -44,6 +44,22 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
         fn()
         runs.append(time.perf_counter() - start)
     return statistics.median(runs)
+
+
+def interleaved(
+    first: Callable[[], object], second: Callable[[], object], repeats: int
+) -> tuple[float, float, float]:
+    """``first`` and ``second`` run alternately ``repeats`` times each: their median wall seconds and the
+    median of the per-repetition ratios second/first. Load on a shared machine then falls on both sides of
+    each pair alike, instead of on whichever one happened to run during it."""
+    a, b = [], []
+    for _ in range(repeats):
+        for fn, runs in ((first, a), (second, b)):
+            start = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - start)
+    ratios = [y / x for x, y in zip(a, b)]
+    return statistics.median(a), statistics.median(b), statistics.median(ratios)
 
 
 def astronaut(size: int) -> Image.Image:
@@ -70,7 +86,7 @@ def bench_images(size: int = 512) -> tuple[list[Image.Image], list[ImageJob]]:
 
 
 def mid_size_suite(root: Path) -> MetricsConfig:
-    """Every image and set metric (FID/IS aside: they need the [fid] extra) on mid-size evaluators."""
+    """Every image and set metric (FID/IS aside: they need the [fid] extra) on mid-size backbones."""
     import open_clip
 
     refs, faces = root / "refs", root / "faces"

@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> ValidationCallback:
         )
         print(
             f"LoRA saved to {args.output_dir}; best step {callback.best_step} "
-            f"({callback.config.monitor} = {callback.best_score}) at {callback.best_model_path}; "
+            f"({callback.config.monitor} = {callback.best_model_score}) at {callback.best_model_path}; "
             f"stopping reason: {callback.stopping_reason}"
         )
     accelerator.end_training()

@@ -98,7 +98,7 @@ def _partial_outputs(output_dir: Path) -> str:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from sdcallbacks.metrics.images import ImageFolderError
-    from sdcallbacks.scoring import prepare_output, score_folder, write_scores
+    from sdcallbacks.score_command import prepare_output, score_folder, write_scores
     from sdcallbacks.weights import WeightsFormatError, WeightsNotFoundError
 
     names = [n.strip() for n in (args.metrics or "").split(",") if n.strip()]

@@ -31,6 +31,7 @@ from sdcallbacks.config import (
     TagAccuracyConfig,
 )
 from sdcallbacks.config.metrics import AestheticLaionConfig, ClipScoreConfig, DiversityClipConfig
+from sdcallbacks.outputs.writer import read_metrics
 from sdcallbacks.testing.world import TinyWorld, build_tiny_world
 
 MONITOR = "val/tag_accuracy/mean"
@@ -201,7 +202,7 @@ def run_demo(
     return DemoResult(
         output_dir=output_dir,
         baseline_score=baseline,
-        best_score=callback.best_score if callback.best_score is not None else float("nan"),
+        best_score=callback.best_model_score if callback.best_model_score is not None else float("nan"),
         best_step=callback.best_step if callback.best_step is not None else -1,
         best_model_path=callback.best_model_path,
         metrics_path=callback.writer.metrics_path,
@@ -213,16 +214,17 @@ def run_demo(
 
 def _last_validation(callback: ValidationCallback) -> dict[str, str]:
     """The last validation's monitored value and step, for the progress bar."""
-    for entry in reversed(callback.history):
-        if MONITOR in entry:
-            return {"tag_accuracy": f"{entry[MONITOR]:.3f}@{int(entry['step'])}"}
-    return {}
+    if not callback.selection.monitored:
+        return {}
+    step, value = callback.selection.monitored[-1]
+    return {"tag_accuracy": f"{value:.3f}@{step}"}
 
 
 def _baseline_score(callback: ValidationCallback) -> float:
-    for entry in callback.history:
-        if entry["step"] == 0.0 and MONITOR in entry:
-            return entry[MONITOR]
+    """The monitored value of the baseline validation, as ``metrics.jsonl`` recorded it."""
+    for row in read_metrics(callback.writer.metrics_path):
+        if row["type"] == "aggregate" and row.get("baseline") and MONITOR in row["values"]:
+            return row["values"][MONITOR]
     return float("nan")
 
 

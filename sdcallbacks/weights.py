@@ -1,4 +1,4 @@
-"""Locating evaluator weights: a local file or folder, else the Hugging Face hub cache.
+"""Locating backbone weights: a local file or folder, else the Hugging Face hub cache.
 
 Defaults are the published model ids; any of them can be replaced by a local path. When a file is
 neither local nor obtainable from the hub (offline, no cache), :class:`WeightsNotFoundError` names the

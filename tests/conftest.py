@@ -35,14 +35,14 @@ def tiny_world():
 
 
 @pytest.fixture(scope="session")
-def evaluators(tmp_path_factory):
-    """Every evaluator file in its published format (random weights, real layouts), built in seconds."""
+def backbones(tmp_path_factory):
+    """Every backbone file in its published format (random weights, real layouts), built in seconds."""
     from types import SimpleNamespace
 
-    from sdcallbacks.testing import evaluators as ev
+    from sdcallbacks.testing import backbones as ev
     from sdcallbacks.testing.tagger import write_tagger
 
-    root = tmp_path_factory.mktemp("evaluators")
+    root = tmp_path_factory.mktemp("backbones")
     return SimpleNamespace(
         root=root,
         clip=f"local-dir:{ev.write_tiny_open_clip(root / 'clip')}",
@@ -71,3 +71,11 @@ def tagger_dir(tmp_path_factory):
     from sdcallbacks.testing.tagger import write_tagger
 
     return write_tagger(tmp_path_factory.mktemp("tagger"))
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that needs the pretrained tiny world is ``slow`` (minutes to build once): marked here,
+    from its fixtures, so no such test can miss the mark; ``pytest -m "not slow"`` skips them all."""
+    for item in items:
+        if "tiny_world" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

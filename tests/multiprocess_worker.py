@@ -50,14 +50,14 @@ def main(out: Path, tokenizer_dir: Path, clip: str) -> None:
     controls = [list(vars(cb.on_train_start(**modules.__dict__)).values())]
     fail_at = int(os.environ.get("FAIL_ON_LAST_RANK_AT", "-1"))
     if rank == accelerator.num_processes - 1:
-        sample = cb.sampler.sample
+        sample = cb.validation.sampler.sample
 
         def failing_sample(jobs, variant="model"):
             if cb.schedule.last_step == fail_at:
                 raise OSError(f"disk on fire at step {fail_at}")
             return sample(jobs, variant=variant)
 
-        cb.sampler.sample = failing_sample
+        cb.validation.sampler.sample = failing_sample
     step = 0
     for step in range(1, 11):
         perturb_lora(modules, step)

@@ -37,7 +37,10 @@ def config(tmp_path, tagger_dir, mode, **overrides):
 def callback(data, metric=None):
     """The configured WD14 tagger (ONNX Runtime in the scoring thread) plus a brightness metric to monitor."""
     cfg = validate_config(data)
-    metrics = [*build_metrics(cfg.metrics.enabled()), metric or MeanBrightness()]
+    metrics = [
+        *build_metrics(cfg.metrics.enabled(), device=cfg.metrics.device or "cpu"),
+        metric or MeanBrightness(),
+    ]
     return ValidationCallback(cfg, metrics=metrics)
 
 
@@ -76,7 +79,7 @@ def test_async_equals_sync_at_the_same_steps_and_stops_at_most_one_validation_la
     sync_rows, async_rows = logged_aggregates(tmp_path / "sync"), logged_aggregates(tmp_path / "async")
     assert async_rows[: len(sync_rows)] == sync_rows  # the same values, logged at their own steps
     assert all(step <= async_stop for step, _, _ in async_rows)
-    assert background.best_step == sync.best_step and background.best_score == sync.best_score
+    assert background.best_step == sync.best_step and background.best_model_score == sync.best_model_score
     # The checkpoint holds the validated step's weights (copied before training moved on).
     best = "pytorch_lora_weights.safetensors"
     ours, theirs = (load_file(f"{cb.best_model_path}/{best}") for cb in (background, sync))
@@ -106,7 +109,7 @@ def test_training_goes_on_while_scoring_runs_and_the_end_waits_for_it(tmp_path, 
     start(cb, tiny_modules)
     gated.gate.clear()
     control = cb.on_step_end(2)  # returns with the job blocked inside scoring
-    assert control.should_validate and not cb._pending.done()
+    assert control.should_validate and cb.runner.scoring.busy()  # the task is still scoring
     assert not cb.on_step_end(3).should_validate  # the loop goes on
     assert not (tmp_path / "async" / "metrics.jsonl").exists()  # nothing scored yet
     threading.Timer(0.5, gated.gate.set).start()
@@ -134,7 +137,7 @@ def test_the_wait_at_the_end_is_bounded(tmp_path, tagger_dir, tiny_modules, capl
         cb.on_train_end()  # gives up after wait_s instead of hanging
     assert "scoring job of step 2 is still running after scoring.wait_s=0.2 s" in caplog.text
     gated.gate.set()
-    assert cb._pending.wait(60)
+    assert cb.runner.scoring.task.wait(60)
 
 
 class FailAtStep:
@@ -158,9 +161,9 @@ def test_a_failing_job_is_logged_counted_and_loses_nothing_earlier(
     cb.on_step_end(2)
     with caplog.at_level(logging.ERROR, logger="sdcallbacks"):
         cb.on_step_end(4)
-        cb._pending.wait(60)
+        assert cb.runner.scoring.task.wait(60)
         if on_error == "raise":
-            from sdcallbacks.callback import ValidationFailed
+            from sdcallbacks.execution import ValidationFailed
 
             with pytest.raises(ValidationFailed, match="disk full"):
                 cb.on_step_end(5)
@@ -175,27 +178,38 @@ def test_a_failing_job_is_logged_counted_and_loses_nothing_earlier(
     assert steps == [0, 2, 6]  # step 4 lost its grid write and its aggregate; nothing before or after
 
 
-# -- evaluator placement (scoring.evaluators) ------------------------------------------------------
+# -- backbone placement (scoring.backbones) --------------------------------------------------------
 
 
-def test_evaluators_offload_by_default_on_cuda_and_stay_on_the_cpu(tmp_path, tagger_dir):
-    on_cpu = callback(config(tmp_path, tagger_dir, "sync"))
-    assert on_cpu.evaluators == "resident"  # nothing to free
-    data = config(tmp_path, tagger_dir, "sync")
-    data["metrics"]["device"] = "cuda:0"  # evaluators load lazily: nothing touches CUDA here
-    assert callback(data).evaluators == "offload"
-    data["scoring"]["evaluators"] = "resident"
-    assert callback(data).evaluators == "resident"
+@pytest.mark.parametrize("placement", [None, "offload", "resident"])
+def test_backbones_leave_the_device_after_a_validation_only_when_offloaded(
+    tmp_path, tagger_dir, tiny_modules, placement
+):
+    """The tagger's ONNX session (the one backbone here) is dropped after every validation with
+    ``offload`` (the default on CUDA) and kept with ``resident``. ``device: cuda`` with no CUDA provider
+    runs on ONNX Runtime's CPU provider; the placement steps are the same."""
+    data = config(tmp_path, tagger_dir, "sync", sampling={"baseline": False}, early_stopping=None)
+    data["metrics"] = {"tag_accuracy": {"model": str(tagger_dir)}, "device": "cuda:0"}
+    if placement is not None:
+        data["scoring"]["backbones"] = placement
+    cb = callback(data)
+    start(cb, tiny_modules)
+    for step in (2, 4):  # an offloaded backbone comes back for the next validation
+        cb.on_step_end(step)
+        (tagger,) = cb.validation.pools[0]  # built at the first validation
+        assert tagger.loaded and (tagger.session is None) == (placement != "resident")
+    rows = logged_aggregates(tmp_path / "sync")
+    assert [step for step, _, _ in rows] == [2, 4] and "val/tag_accuracy/mean" in rows[1][2]
 
 
-def test_an_offloaded_onnx_session_is_dropped_and_rebuilt_alike(evaluators):
+def test_an_offloaded_onnx_session_is_dropped_and_rebuilt_alike(backbones):
     from sdcallbacks.metrics.backbones.wd14 import WD14Tagger
     from sdcallbacks.testing.shapes import draw_square
 
     rng = np.random.default_rng(0)
     images = [draw_square(c, "white", 64, rng) for c in ("red", "green", "blue")]
     # device "cuda" with no CUDA provider runs on the CPU provider; the placement steps are the same.
-    tagger = WD14Tagger(str(evaluators.tagger), device="cuda")
+    tagger = WD14Tagger(str(backbones.tagger), device="cuda")
     before = tagger.embed(images)
     tagger.offload()
     assert tagger.session is None  # ONNX Runtime sessions cannot move: freed
@@ -204,20 +218,20 @@ def test_an_offloaded_onnx_session_is_dropped_and_rebuilt_alike(evaluators):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("placement", ["offload", "resident"])
-def test_cuda_memory_after_a_validation(tmp_path, evaluators, tiny_modules, placement):
-    clip = {"model": evaluators.clip, "pretrained": None}
-    data = config(tmp_path, evaluators.tagger, "sync", sampling={"baseline": False}, early_stopping=None)
-    data["metrics"] = {"tag_accuracy": {"model": str(evaluators.tagger)}, "clip_score": {"clip": clip}}
-    data["scoring"]["evaluators"] = placement
+def test_cuda_memory_after_a_validation(tmp_path, backbones, tiny_modules, placement):
+    clip = {"model": backbones.clip, "pretrained": None}
+    data = config(tmp_path, backbones.tagger, "sync", sampling={"baseline": False}, early_stopping=None)
+    data["metrics"] = {"tag_accuracy": {"model": str(backbones.tagger)}, "clip_score": {"clip": clip}}
+    data["scoring"]["backbones"] = placement
     cb = callback(data)
     for module in tiny_modules.torch_modules():
         module.to("cuda")
     start(cb, tiny_modules)
-    cb.on_step_end(2)  # loads the evaluators
+    cb.on_step_end(2)  # loads the backbones
     cb.on_step_end(4)
     values = [r for r in read_metrics(tmp_path / "sync" / "metrics.jsonl") if r["type"] == "aggregate"][-1]
     assert values["values"]["val/peak_mem_mb"] > 0
-    clip_backbone = next(iter(cb._pools[0]))
+    clip_backbone = next(iter(cb.validation.pools[0]))
     if placement == "offload":
         assert abs(values["values"]["val/mem_delta_mb"]) < 50
         assert all(p.device.type == "cpu" for p in clip_backbone.model.parameters())

@@ -65,7 +65,11 @@ def test_validation_writes_grid_images_and_flushed_records(tmp_path, tagger_dir,
     values = aggregates[1]["values"]
     assert "val/tag_accuracy/delta" in values and "val/tag_accuracy/prompt/red" in values
     assert values["val/tag_accuracy/n"] + values["val/tag_accuracy/skipped"] == 4
-    assert cb.best_step in (2, 3) and cb.best_model_path is not None
+    # The best step is the one with the highest monitored mean (the earlier one on a tie, as Lightning).
+    monitored = {a["step"]: a["values"][cb.config.monitor] for a in aggregates[1:]}
+    best = max(monitored, key=lambda step: (monitored[step], -step))
+    assert cb.best_step == best and cb.best_model_score == monitored[best]
+    assert cb.best_model_path.endswith(f"step_{best:07d}")
     assert (tmp_path / "out" / "checkpoints").is_dir()
 
 
@@ -83,7 +87,7 @@ class ExplodingMetric(ImageMetric):
 
 def test_failing_metric_is_logged_and_training_continues(tmp_path, tagger_dir, tiny_modules, caplog):
     cb = ValidationCallback.from_config(config(tmp_path, tagger_dir, monitor=None))
-    cb.metrics.append(ExplodingMetric())
+    cb.validation.metrics.append(ExplodingMetric())
     with caplog.at_level(logging.ERROR, logger="sdcallbacks"):
         start(cb, tiny_modules)
         cb.on_step_end(2)
@@ -100,7 +104,7 @@ def test_failing_validation_keeps_training_alive_and_earlier_records(
     cb = ValidationCallback.from_config(config(tmp_path, tagger_dir))
     start(cb, tiny_modules)
     before = (tmp_path / "out" / "metrics.jsonl").read_text()
-    cb.sampler.sample = lambda *a, **k: (_ for _ in ()).throw(OSError("disk on fire"))
+    cb.validation.sampler.sample = lambda *a, **k: (_ for _ in ()).throw(OSError("disk on fire"))
     with caplog.at_level(logging.ERROR, logger="sdcallbacks"):
         control = cb.on_step_end(2)
     assert not control.should_stop and cb.failed_validations == 1
@@ -111,7 +115,7 @@ def test_failing_validation_keeps_training_alive_and_earlier_records(
     strict_config = config(tmp_path, tagger_dir, on_error="raise", output_dir=str(tmp_path / "strict"))
     strict = ValidationCallback.from_config(strict_config)
     start(strict, tiny_modules)
-    strict.sampler.sample = lambda *a, **k: (_ for _ in ()).throw(OSError("disk on fire"))
+    strict.validation.sampler.sample = lambda *a, **k: (_ for _ in ()).throw(OSError("disk on fire"))
     with pytest.raises(OSError, match="disk on fire"):
         strict.on_step_end(2)
 
@@ -128,7 +132,7 @@ def test_monitor_missing_at_run_time_strict_or_warned(tmp_path, tagger_dir, tiny
     cfg = config(tmp_path, tagger_dir, early_stopping={"patience": 1, "strict": strict})
     cb = ValidationCallback.from_config(cfg)
     start(cb, tiny_modules)
-    cb.metrics[0].compute = lambda batch: (_ for _ in ()).throw(RuntimeError("tagger down"))
+    cb.validation.metrics[0].compute = lambda batch: (_ for _ in ()).throw(RuntimeError("tagger down"))
     with caplog.at_level(logging.WARNING, logger="sdcallbacks"):
         control = cb.on_step_end(2)
     assert not control.should_stop and "val/tag_accuracy/skipped" in caplog.text
@@ -156,7 +160,7 @@ def test_state_dict_round_trip_resumes_bookkeeping(tmp_path, tagger_dir, tiny_mo
     )
     assert not control.should_validate  # the baseline is not redone
     assert not resumed.on_step_end(2).should_validate  # nor the resume step
-    assert resumed.best_step == cb.best_step and resumed.best_score == cb.best_score
+    assert resumed.best_step == cb.best_step and resumed.best_model_score == cb.best_model_score
     assert resumed.selection.state_dict() == cb.selection.state_dict()
     assert resumed.on_step_end(4).should_validate
 
@@ -179,7 +183,7 @@ def test_no_validation_when_gradients_are_accumulating(tmp_path, tagger_dir, tin
     assert not cb.on_step_end(2).should_validate
 
 
-def test_set_metrics_val_loss_and_shared_clip_in_a_run(tmp_path, tagger_dir, tiny_modules, evaluators):
+def test_set_metrics_val_loss_and_shared_clip_in_a_run(tmp_path, tagger_dir, tiny_modules, backbones):
     refs = tmp_path / "refs"
     refs.mkdir()
     held_out = tmp_path / "held_out"
@@ -188,7 +192,7 @@ def test_set_metrics_val_loss_and_shared_clip_in_a_run(tmp_path, tagger_dir, tin
         Image.new("RGB", (32, 32), colour).save(refs / f"{i}.png")
         Image.new("RGB", (32, 32), colour).save(held_out / f"{i}.png")
         (held_out / f"{i}.txt").write_text("a square", encoding="utf-8")
-    clip = {"model": evaluators.clip, "pretrained": None}
+    clip = {"model": backbones.clip, "pretrained": None}
     metrics = {
         "tag_accuracy": {"model": str(tagger_dir)},
         "clip_score": {"clip": clip},
@@ -201,9 +205,13 @@ def test_set_metrics_val_loss_and_shared_clip_in_a_run(tmp_path, tagger_dir, tin
     start(cb, tiny_modules)
     cb.on_step_end(1)  # val_loss only (every_n_steps: 1), no sampling
     cb.on_step_end(2)
-    aggregates = [r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if r["type"] == "aggregate"]
-    assert [a["variant"] for a in aggregates] == ["base", "val_loss", "model"]
-    base, between, step2 = (a["values"] for a in aggregates)
+    rows = [r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if r["type"] != "image"]
+    assert [(r["type"], r["step"], r["variant"]) for r in rows] == [
+        ("aggregate", 0, "base"),
+        ("loss", 1, "model"),  # val_loss between validations: a row of its own kind
+        ("aggregate", 2, "model"),
+    ]
+    base, between, step2 = (r["values"] for r in rows)
     assert {"val/kid", "val/kid/std", "val/val_loss", "val/val_loss/t500"} <= set(base)
     assert "val/val_loss/delta" in between and "val/kid/delta" in step2
     assert "val/diversity_clip/prompt/red" in step2 and "val/clip_score/ci_low" in step2
@@ -300,3 +308,64 @@ def test_staging_folders_of_a_killed_save_are_removed_at_start(tmp_path, tagger_
     cb = ValidationCallback.from_config(config(tmp_path, tagger_dir))
     start(cb, tiny_modules)
     assert not any(folder.exists() for folder in orphans) and keep.is_dir()
+
+
+def test_ema_both_validates_the_trained_and_the_ema_weights_and_decides_on_the_first(
+    tmp_path, tagger_dir, tiny_modules
+):
+    """``sampling.ema: both``: every validation draws the model's and the EMA weights' images (files
+    ``step_N`` and ``step_N_ema``, keys ``val/...`` and ``val/ema/...``); the EMA images are those of the EMA
+    weights, the UNet gets its own weights back, and ``monitor`` reads the trained weights."""
+    import copy
+
+    import numpy as np
+    import torch
+    from diffusers.training_utils import EMAModel
+
+    from sdcallbacks.sampling import ValidationSampler
+
+    ema = EMAModel(tiny_modules.unet.parameters())
+    with torch.no_grad():
+        for param in ema.shadow_params:
+            param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(3)))
+    tiny_modules.ema_unet = ema
+    data = config(tmp_path, tagger_dir, sampling={"ema": "both", "baseline": False}, early_stopping=None)
+    cb = ValidationCallback.from_config(data)
+    start(cb, tiny_modules)
+    trained = [p.detach().clone() for p in tiny_modules.unet.parameters()]
+    cb.on_step_end(2)
+    assert all(torch.equal(a, b) for a, b in zip(trained, tiny_modules.unet.parameters()))
+    rows = [r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if r["type"] == "aggregate"]
+    assert [(r["step"], r["variant"]) for r in rows] == [(2, "model"), (2, "ema")]
+    assert "val/tag_accuracy/mean" in rows[0]["values"] and "val/ema/tag_accuracy/mean" in rows[1]["values"]
+    assert cb.best_model_score == rows[0]["values"]["val/tag_accuracy/mean"]
+
+    def saved(folder):
+        return np.stack(
+            [np.asarray(Image.open(folder / f"{job.file_stem}.png")) for job in cb.validation.jobs]
+        )
+
+    model_images = saved(tmp_path / "out" / "samples" / "step_0000002")
+    ema_images = saved(tmp_path / "out" / "samples" / "step_0000002_ema")
+    assert not np.array_equal(model_images, ema_images)
+    with_ema = copy.deepcopy(tiny_modules)
+    ema.copy_to(with_ema.unet.parameters())  # the EMA weights as the UNet's own
+    redrawn = ValidationSampler(with_ema, batch_size=cb.config.sampling.batch_size).sample(cb.validation.jobs)
+    np.testing.assert_array_equal(np.stack([np.asarray(im) for im in redrawn]), ema_images)
+
+
+def test_val_loss_with_sdxl_modules_is_a_config_error_before_training(tmp_path, tagger_dir, clip_tokenizer):
+    from sdcallbacks.testing.modules import tiny_sdxl_modules
+
+    held_out = tmp_path / "held_out"
+    held_out.mkdir()
+    Image.new("RGB", (32, 32), (255, 0, 0)).save(held_out / "a.png")
+    (held_out / "a.txt").write_text("a red square", encoding="utf-8")
+    metrics = {
+        "tag_accuracy": {"model": str(tagger_dir)},
+        "val_loss": {"data": str(held_out), "resolution": 32},
+    }
+    cb = ValidationCallback.from_config(config(tmp_path, tagger_dir, metrics=metrics))
+    with pytest.raises(ConfigError, match=r"metrics\.val_loss: supports SD 1\.x/2\.x UNets only"):
+        start(cb, tiny_sdxl_modules(clip_tokenizer))
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()  # nothing ran

@@ -21,7 +21,7 @@ CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 @pytest.fixture(scope="module")
 def user_folders(tmp_path_factory, astronaut):
     """What the shipped configs ask the user to point at: reference photos, and a tiny-world layout."""
-    from sdcallbacks.testing.evaluators import write_laion_head, write_tiny_open_clip
+    from sdcallbacks.testing.backbones import write_laion_head, write_tiny_open_clip
     from sdcallbacks.testing.tagger import write_tagger
 
     root = tmp_path_factory.mktemp("user")

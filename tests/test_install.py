@@ -85,6 +85,7 @@ def dev_only_modules() -> list[str]:
     )
 
 
+@pytest.mark.slow  # builds a (two-step) tiny world in a subprocess
 def test_the_tiny_world_builds_with_the_base_install_alone(tmp_path):
     """The demo's first step on a new machine, with every dev-only module made unimportable (onnx was
     one, so the README's demo command failed on any machine without a cached world). A stale folder of a
@@ -140,7 +141,7 @@ def test_help_texts_are_plain_text():
         assert "``" not in text and ":class:" not in text, text
 
 
-def test_the_command_line_prints_its_own_lines_not_open_clips_chatter(tmp_path, evaluators):
+def test_the_command_line_prints_its_own_lines_not_open_clips_chatter(tmp_path, backbones):
     from PIL import Image
 
     images = tmp_path / "images"
@@ -149,7 +150,7 @@ def test_the_command_line_prints_its_own_lines_not_open_clips_chatter(tmp_path, 
     (images / "a.txt").write_text("red square", encoding="utf-8")
     config = tmp_path / "metrics.yaml"
     config.write_text(
-        f'metrics:\n  clip_score: {{clip: {{model: "{evaluators.clip}", pretrained: null}}}}\n',
+        f'metrics:\n  clip_score: {{clip: {{model: "{backbones.clip}", pretrained: null}}}}\n',
         encoding="utf-8",
     )
     command = [sys.executable, "-m", "sdcallbacks", "score", str(images), "--config", str(config)]

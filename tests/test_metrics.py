@@ -1,4 +1,4 @@
-"""The metric suite against references, peer implementations and bad input (offline, tiny evaluators)."""
+"""The metric suite against references, peer implementations and bad input (offline, tiny backbones)."""
 
 from __future__ import annotations
 
@@ -44,17 +44,17 @@ def folder_of(path: Path, images) -> Path:
     return path
 
 
-def clip_config(evaluators):
-    return ClipModelConfig(model=evaluators.clip, pretrained=None)
+def clip_config(backbones):
+    return ClipModelConfig(model=backbones.clip, pretrained=None)
 
 
 # -- identity: MTCNN with its real bundled weights -------------------------------------------------
 
 
-def test_mtcnn_finds_one_face_in_astronaut_and_none_in_a_flat_image(evaluators, astronaut, tmp_path, caplog):
+def test_mtcnn_finds_one_face_in_astronaut_and_none_in_a_flat_image(backbones, astronaut, tmp_path, caplog):
     from sdcallbacks.metrics.backbones.faces import FaceEmbedder
 
-    faces = FaceEmbedder(str(evaluators.facenet))
+    faces = FaceEmbedder(str(backbones.facenet))
     faces.ensure_loaded()
     boxes, probs = faces.detector.detect(astronaut)
     assert boxes is not None and len(boxes) == 1 and float(np.asarray(probs).astype(float)[0]) > 0.99
@@ -64,7 +64,7 @@ def test_mtcnn_finds_one_face_in_astronaut_and_none_in_a_flat_image(evaluators, 
     refs = folder_of(
         tmp_path / "refs", [astronaut, flat]
     )  # a reference photo without a face: warned, skipped
-    metric = METRICS["identity"](mc.IdentityConfig(references=refs, weights=str(evaluators.facenet)))
+    metric = METRICS["identity"](mc.IdentityConfig(references=refs, weights=str(backbones.facenet)))
     with caplog.at_level(logging.WARNING, logger="sdcallbacks"):
         scores = metric.score([astronaut, flat, astronaut.convert("L")], jobs_for("a", "b", "c"))
     assert "no face in 1 of 2 reference photos" in caplog.text
@@ -77,13 +77,13 @@ def test_mtcnn_finds_one_face_in_astronaut_and_none_in_a_flat_image(evaluators, 
     assert values["val/identity/skipped"] == 1.0
 
 
-def test_multiface_photo_detects_several_and_keeps_the_largest(evaluators):
+def test_multiface_photo_detects_several_and_keeps_the_largest(backbones):
     path = SHARED / "data" / "multiface.jpg"
     if not path.is_file():
         pytest.skip("../shared/data is absent")
     from sdcallbacks.metrics.backbones.faces import FaceEmbedder
 
-    faces = FaceEmbedder(str(evaluators.facenet))
+    faces = FaceEmbedder(str(backbones.facenet))
     faces.ensure_loaded()
     image = Image.open(path).convert("RGB")
     boxes, probs = faces.detector.detect(image)
@@ -93,9 +93,33 @@ def test_multiface_photo_detects_several_and_keeps_the_largest(evaluators):
     assert faces.embed([image]).isfinite().all()
 
 
-def test_identity_references_without_any_face_are_an_error(evaluators, tmp_path):
+def test_copy_threshold_warns_for_each_face_closer_to_one_reference(backbones, astronaut, tmp_path, caplog):
+    """``identity/copy`` is the cosine to the closest reference photo; images above ``copy_threshold`` are
+    counted in one warning (memorisation), those at or below it are not."""
+    refs = folder_of(tmp_path / "refs", [astronaut])
+    mirrored = astronaut.transpose(Image.FLIP_LEFT_RIGHT)
+    images, jobs = [astronaut, mirrored], jobs_for("a", "b")
+
+    def score(threshold):
+        config = mc.IdentityConfig(references=refs, weights=str(backbones.facenet), copy_threshold=threshold)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="sdcallbacks"):
+            copies = METRICS["identity"](config).score(images, jobs)["identity/copy"]
+        return copies, caplog.text
+
+    copies, _ = score(0.9)
+    assert copies[0] == pytest.approx(1.0, abs=1e-5) and copies[1] < copies[0]  # the reference itself
+    _, between = score((copies[0] + copies[1]) / 2)
+    assert "1 image(s) are closer than" in between
+    _, below = score(copies[1] - 1e-3)
+    assert "2 image(s) are closer than" in below
+    _, at_most = score(1.0)
+    assert "closer than" not in at_most
+
+
+def test_identity_references_without_any_face_are_an_error(backbones, tmp_path):
     refs = folder_of(tmp_path / "refs", [Image.new("RGB", (64, 64), (0, 0, 0))])
-    metric = METRICS["identity"](mc.IdentityConfig(references=refs, weights=str(evaluators.facenet)))
+    metric = METRICS["identity"](mc.IdentityConfig(references=refs, weights=str(backbones.facenet)))
     with pytest.raises(ImageFolderError, match="no face found"):
         metric.score(squares(1), jobs_for("a"))
 
@@ -134,30 +158,37 @@ def test_real_laion_heads_load_strictly_and_match_an_independent_linear_stack(fi
     head = load_aesthetic_head(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     x = torch.nn.functional.normalize(torch.randn(5, 768, generator=torch.Generator().manual_seed(0)), dim=1)
-    # Re-derivation: the affine layers in key order, no activations (dropout is identity in eval).
-    expected = x
-    names = {k.rsplit(".", 1)[0] if "." in k else "" for k in state}
-    layers = sorted(names, key=lambda k: [int(p) for p in k.split(".")[1:]])
-    for layer in layers:
-        prefix = f"{layer}." if layer else ""
-        expected = expected @ state[f"{prefix}weight"].T + state[f"{prefix}bias"]
+    expected = affine_stack(state, x)  # dropout is the identity in eval
     with torch.no_grad():
         assert torch.allclose(head(x), expected, atol=1e-5)
     assert not head.training
 
 
-def test_aesthetic_laion_scores_normalised_clip_embeddings_and_good_rate(evaluators):
-    from sdcallbacks.metrics.aesthetic import load_aesthetic_head
+def affine_stack(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """A LAION head re-derived from its state_dict: the affine layers in key order, no activations."""
+    names = {k.rsplit(".", 1)[0] if "." in k else "" for k in state}
+    for layer in sorted(names, key=lambda k: [int(p) for p in k.split(".")[1:]]):
+        prefix = f"{layer}." if layer else ""
+        x = x @ state[f"{prefix}weight"].T + state[f"{prefix}bias"]
+    return x
 
-    config = mc.AestheticLaionConfig(head=str(evaluators.laion_head), clip=clip_config(evaluators))
+
+def test_aesthetic_laion_scores_normalised_clip_embeddings_and_good_rate(backbones):
+    import open_clip
+
+    config = mc.AestheticLaionConfig(head=str(backbones.laion_head), clip=clip_config(backbones))
     metric = METRICS["aesthetic_laion"](config)
     images = squares(4)
     scores = metric.score(images, jobs_for("a", "b", "c", "d"))
-    features = metric.clip.embed(images)
-    head = load_aesthetic_head(evaluators.laion_head)
+    # Independently: open_clip's own model and preprocessing, L2-normalised, through a plain affine stack.
+    model, _, preprocess = open_clip.create_model_and_transforms(backbones.clip)
     with torch.no_grad():
-        expected = head(features / features.norm(dim=1, keepdim=True)).squeeze(1)
-    assert scores["aesthetic_laion"] == pytest.approx(expected.tolist(), abs=1e-5)
+        features = model.eval().encode_image(torch.stack([preprocess(im) for im in images]))
+    features = features / features.norm(dim=1, keepdim=True)
+    state = torch.load(backbones.laion_head, map_location="cpu", weights_only=True)
+    expected = affine_stack(state, features).squeeze(1)
+    assert scores["aesthetic_laion"] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert len(set(scores["aesthetic_laion"])) == 4  # the images differ, so must their scores
     threshold = float(np.median(scores["aesthetic_laion"]))
     specs = {"aesthetic_laion": KeySpec(True, good_threshold=threshold)}
     values = aggregate(records_from(scores), specs=specs)
@@ -166,11 +197,11 @@ def test_aesthetic_laion_scores_normalised_clip_embeddings_and_good_rate(evaluat
     )
 
 
-def test_laion_head_with_the_wrong_embedding_size_is_a_clear_error(evaluators, tmp_path):
-    from sdcallbacks.testing.evaluators import write_laion_head
+def test_laion_head_with_the_wrong_embedding_size_is_a_clear_error(backbones, tmp_path):
+    from sdcallbacks.testing.backbones import write_laion_head
 
     head = write_laion_head(tmp_path / "head768.pth", in_features=768)
-    metric = METRICS["aesthetic_laion"](mc.AestheticLaionConfig(head=str(head), clip=clip_config(evaluators)))
+    metric = METRICS["aesthetic_laion"](mc.AestheticLaionConfig(head=str(head), clip=clip_config(backbones)))
     with pytest.raises(ValueError, match="expects 768-d CLIP embeddings"):
         metric.ensure_loaded()
 
@@ -194,11 +225,11 @@ class _OpenClipAsHF(torch.nn.Module):
         return self.model.encode_text(ids)
 
 
-def test_clip_score_matches_torchmetrics_on_the_same_model(evaluators, clip_tokenizer):
+def test_clip_score_matches_torchmetrics_on_the_same_model(backbones, clip_tokenizer):
     from torchmetrics.multimodal.clip_score import CLIPScore
     from transformers import CLIPImageProcessor, CLIPProcessor
 
-    metric = METRICS["clip_score"](mc.ClipScoreConfig(clip=clip_config(evaluators)))
+    metric = METRICS["clip_score"](mc.ClipScoreConfig(clip=clip_config(backbones)))
     images = [*squares(4, size=64), squares(1, size=96, seed=3)[0]]
     prompts = ["red square, white background", "a green square", "blue", "yellow square on white", "red"]
     scores = metric.score(images, jobs_for(*prompts))
@@ -221,8 +252,8 @@ def test_clip_score_mean_is_clamped_at_zero_like_torchmetrics():
     assert values["val/clip_score/mean"] == 0.0
 
 
-def test_long_prompts_keep_the_end_token_and_warn(evaluators, caplog):
-    clip = ClipBackbone(clip_config(evaluators))
+def test_long_prompts_keep_the_end_token_and_warn(backbones, caplog):
+    clip = ClipBackbone(clip_config(backbones))
     long_prompt = ", ".join(f"tag{i}" for i in range(60))
     with caplog.at_level(logging.WARNING, logger="sdcallbacks"):
         clip.embed_texts([long_prompt, "short"])
@@ -231,9 +262,9 @@ def test_long_prompts_keep_the_end_token_and_warn(evaluators, caplog):
     assert int(tokens[-1]) == 49407  # end-of-text kept last
 
 
-def test_clip_i_is_mean_cosine_to_each_reference(evaluators, tmp_path):
+def test_clip_i_is_mean_cosine_to_each_reference(backbones, tmp_path):
     refs = squares(3, seed=5)
-    config = mc.ClipIConfig(references=folder_of(tmp_path / "refs", refs), clip=clip_config(evaluators))
+    config = mc.ClipIConfig(references=folder_of(tmp_path / "refs", refs), clip=clip_config(backbones))
     metric = METRICS["clip_i"](config)
     images = squares(2, seed=7)
     scores = metric.score(images, jobs_for("a", "b"))
@@ -258,18 +289,18 @@ def test_openai_clip_offline_without_cache_is_one_clear_error(tmp_path, monkeypa
 # -- shared features and reference cache -----------------------------------------------------------
 
 
-def test_clip_runs_once_per_image_for_every_metric_that_uses_it(evaluators, tmp_path, monkeypatch):
+def test_clip_runs_once_per_image_for_every_metric_that_uses_it(backbones, tmp_path, monkeypatch):
     calls = []
     original = ClipBackbone.forward
     monkeypatch.setattr(
         ClipBackbone, "forward", lambda self, ims: calls.append(len(ims)) or original(self, ims)
     )
     refs = folder_of(tmp_path / "refs", squares(3, seed=9))
-    clip = clip_config(evaluators)
+    clip = clip_config(backbones)
     config = MetricsConfig(
         clip_score={"clip": clip},
         clip_i={"references": refs, "clip": clip},
-        aesthetic_laion={"head": str(evaluators.laion_head), "clip": clip},
+        aesthetic_laion={"head": str(backbones.laion_head), "clip": clip},
         diversity_clip={"clip": clip},
         kid={"references": refs, "clip": clip},
     )
@@ -282,9 +313,9 @@ def test_clip_runs_once_per_image_for_every_metric_that_uses_it(evaluators, tmp_
     assert sum(calls) == 6 + 3  # each image once, each reference once
 
 
-def test_reference_embeddings_are_cached_on_disk_by_content(evaluators, tmp_path, monkeypatch):
+def test_reference_embeddings_are_cached_on_disk_by_content(backbones, tmp_path, monkeypatch):
     refs = folder_of(tmp_path / "refs", squares(2, seed=1))
-    config = mc.ClipIConfig(references=refs, clip=clip_config(evaluators))
+    config = mc.ClipIConfig(references=refs, clip=clip_config(backbones))
     first = METRICS["clip_i"](config, pool=BackbonePool(tmp_path / "cache"))
     first.ensure_loaded()
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
@@ -306,12 +337,12 @@ def test_reference_embeddings_are_cached_on_disk_by_content(evaluators, tmp_path
 # -- diversity -------------------------------------------------------------------------------------
 
 
-def test_lpips_diversity_equals_lpips_package_pairwise_mean(evaluators):
+def test_lpips_diversity_equals_lpips_package_pairwise_mean(backbones):
     import lpips
 
     from sdcallbacks.metrics.backbones.lpips_net import image_tensor, load_trunk
 
-    metric = METRICS["diversity"](mc.DiversityConfig(trunk_weights=str(evaluators.alexnet)))
+    metric = METRICS["diversity"](mc.DiversityConfig(trunk_weights=str(backbones.alexnet)))
     images = squares(3, size=64, seed=2) + squares(2, size=48, seed=4) + squares(1, seed=6)
     jobs = jobs_for("a", num_images=3) + jobs_for("b", num_images=2)[:2] + jobs_for("c")
     jobs = expand_jobs(
@@ -328,7 +359,7 @@ def test_lpips_diversity_equals_lpips_package_pairwise_mean(evaluators):
     scores = metric.score(images, jobs)["diversity"]
 
     reference = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False)
-    load_trunk(reference, evaluators.alexnet)
+    load_trunk(reference, backbones.alexnet)
     with torch.no_grad():
 
         def d(i, j):
@@ -340,8 +371,8 @@ def test_lpips_diversity_equals_lpips_package_pairwise_mean(evaluators):
     assert scores[5] is None  # a prompt with one image has no pair
 
 
-def test_clip_diversity_is_mean_pairwise_one_minus_cosine(evaluators):
-    metric = METRICS["diversity_clip"](mc.DiversityClipConfig(clip=clip_config(evaluators)))
+def test_clip_diversity_is_mean_pairwise_one_minus_cosine(backbones):
+    metric = METRICS["diversity_clip"](mc.DiversityClipConfig(clip=clip_config(backbones)))
     images = squares(3, seed=11)
     scores = metric.score(images, jobs_for("a", num_images=3))["diversity_clip"]
     f = torch.nn.functional.normalize(metric.clip.embed(images), dim=1)
@@ -352,13 +383,13 @@ def test_clip_diversity_is_mean_pairwise_one_minus_cosine(evaluators):
 # -- distribution distances ------------------------------------------------------------------------
 
 
-def test_kid_matches_torchmetrics_given_the_same_features_and_leaves_global_rng(evaluators, tmp_path):
+def test_kid_matches_torchmetrics_given_the_same_features_and_leaves_global_rng(backbones, tmp_path):
     from torchmetrics.image.kid import KernelInceptionDistance
 
     from sdcallbacks.metrics.distribution.features import FeatureRows
 
     refs = folder_of(tmp_path / "refs", squares(12, seed=21))
-    metric = METRICS["kid"](mc.KidConfig(references=refs, clip=clip_config(evaluators), subsets=20, seed=3))
+    metric = METRICS["kid"](mc.KidConfig(references=refs, clip=clip_config(backbones), subsets=20, seed=3))
     images = squares(8, seed=22)
     torch.manual_seed(123)
     random.seed(5)
@@ -379,9 +410,9 @@ def test_kid_matches_torchmetrics_given_the_same_features_and_leaves_global_rng(
     assert metric.score(images, jobs_for(*"abcdefgh")) == values  # seeded: reproducible
 
 
-def test_cmmd_matches_the_paper_formula(evaluators, tmp_path):
+def test_cmmd_matches_the_paper_formula(backbones, tmp_path):
     refs = folder_of(tmp_path / "refs", squares(5, seed=31))
-    metric = METRICS["cmmd"](mc.CmmdConfig(references=refs, clip=clip_config(evaluators)))
+    metric = METRICS["cmmd"](mc.CmmdConfig(references=refs, clip=clip_config(backbones)))
     images = squares(4, seed=32)
     value = metric.score(images, jobs_for(*"abcd"))["cmmd"]
     x = metric.clip.embed(ImageFolder.read(refs).images).double().numpy()
@@ -417,13 +448,13 @@ def inception_score(logits: np.ndarray) -> float:
     return float(np.exp((p * (log_p - np.log(marginal))).sum(1).mean()))
 
 
-def test_fid_equals_a_scipy_re_derivation_on_features_that_differ(evaluators, tmp_path):
+def test_fid_equals_a_scipy_re_derivation_on_features_that_differ(backbones, tmp_path):
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     from sdcallbacks.metrics.distribution.features import FeatureRows
 
     refs = folder_of(tmp_path / "refs", squares(6, size=48, seed=41, colours=("red", "green", "blue")))
-    fid = METRICS["fid"](mc.FidConfig(references=refs, weights=str(evaluators.inception)))
+    fid = METRICS["fid"](mc.FidConfig(references=refs, weights=str(backbones.inception)))
     images = squares(6, size=48, seed=42, colours=("yellow", "purple"))
     value = fid.score(images, jobs_for(*"abcdef"))["fid"]
     real = fid.net.embed(ImageFolder.read(refs).images)
@@ -440,7 +471,7 @@ def test_fid_equals_a_scipy_re_derivation_on_features_that_differ(evaluators, tm
     assert 0.0 <= same < 1e-3
 
 
-def test_inception_score_equals_a_numpy_re_derivation_and_torchmetrics(evaluators):
+def test_inception_score_equals_a_numpy_re_derivation_and_torchmetrics(backbones):
     import warnings
 
     from torchmetrics.image.inception import InceptionScore as TorchmetricsIS
@@ -448,7 +479,7 @@ def test_inception_score_equals_a_numpy_re_derivation_and_torchmetrics(evaluator
     from sdcallbacks.metrics.distribution.features import on_features
 
     images = squares(8, size=48, seed=42, colours=("red", "green", "blue", "yellow", "purple"))
-    inception = METRICS["inception_score"](mc.InceptionScoreConfig(weights=str(evaluators.inception)))
+    inception = METRICS["inception_score"](mc.InceptionScoreConfig(weights=str(backbones.inception)))
     before = torch.get_rng_state()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # one split: no std, and no NaN warning from torch
@@ -459,7 +490,7 @@ def test_inception_score_equals_a_numpy_re_derivation_and_torchmetrics(evaluator
     assert scores["inception_score"] > 1.5  # far from the 1.0 of identical or one-image splits
     assert scores["inception_score/std"] is None
 
-    two = METRICS["inception_score"](mc.InceptionScoreConfig(weights=str(evaluators.inception), splits=2))
+    two = METRICS["inception_score"](mc.InceptionScoreConfig(weights=str(backbones.inception), splits=2))
     split_scores = two.score(images, jobs_for(*"abcdefgh"))
     reference = on_features(TorchmetricsIS, logits.shape[1], splits=2)
     reference.update(logits)
@@ -512,20 +543,20 @@ def test_set_metrics_give_a_value_a_delta_and_count_a_skip():
 # -- style loss, CCIP, anime aesthetic -------------------------------------------------------------
 
 
-def test_style_loss_reproduces_ghostreview_including_the_inplace_relu(evaluators, tmp_path):
+def test_style_loss_reproduces_ghostreview_including_the_inplace_relu(backbones, tmp_path):
     from torchvision import transforms
     from torchvision.models import vgg19
 
     refs = folder_of(tmp_path / "refs", squares(2, seed=51))
     metric = METRICS["style_loss"](
-        mc.StyleLossConfig(references=refs, weights=str(evaluators.vgg19), size=(64, 64))
+        mc.StyleLossConfig(references=refs, weights=str(backbones.vgg19), size=(64, 64))
     )
     images = squares(2, seed=52)
     scores = metric.score(images, jobs_for("a", "b"))["style_loss"]
 
     # GhostReview as written: in-place ReLUs, tensors recorded at indices 0, 5, 10, 19, 28.
     net = vgg19(weights=None).features[:29].eval()
-    state = torch.load(evaluators.vgg19, weights_only=True)
+    state = torch.load(backbones.vgg19, weights_only=True)
     net.load_state_dict(
         {k.removeprefix("features."): v for k, v in state.items() if int(k.split(".")[1]) < 29}
     )
@@ -553,10 +584,10 @@ def test_style_loss_reproduces_ghostreview_including_the_inplace_relu(evaluators
         assert score == pytest.approx(float(np.mean(losses)), rel=1e-4)
 
 
-def test_ccip_same_character_and_difference(evaluators, tmp_path):
+def test_ccip_same_character_and_difference(backbones, tmp_path):
     refs = squares(2, seed=61, colours=("red",))
     metric = METRICS["ccip"](
-        mc.CcipConfig(references=folder_of(tmp_path / "refs", refs), model=str(evaluators.ccip))
+        mc.CcipConfig(references=folder_of(tmp_path / "refs", refs), model=str(backbones.ccip))
     )
     same, other = refs[0], Image.new("RGB", (64, 64), (0, 0, 255))
     scores = metric.score([same, other], jobs_for("a", "b"))
@@ -577,10 +608,19 @@ def test_anime_aesthetic_preprocessing_fits_the_long_side_onto_a_black_canvas():
     assert np.all(tall[:, :, 20:40] == 1.0) and np.all(tall[:, :, :20] == 0)  # transparent → white
 
 
-def test_anime_aesthetic_scores_through_onnx(evaluators):
-    metric = METRICS["aesthetic_anime"](mc.AestheticAnimeConfig(model=str(evaluators.anime), size=64))
-    scores = metric.score(squares(3), jobs_for("a", "b", "c"))["aesthetic_anime"]
-    assert all(0.0 < s < 1.0 for s in scores) and len(set(scores)) > 1
+def test_anime_aesthetic_scores_through_onnx(backbones):
+    import onnx
+    from onnx import numpy_helper
+
+    metric = METRICS["aesthetic_anime"](mc.AestheticAnimeConfig(model=str(backbones.anime), size=64))
+    images = squares(3)  # 64 px at size 64: no resize, the canvas is the image
+    scores = metric.score(images, jobs_for("a", "b", "c"))["aesthetic_anime"]
+    # Independently: the test graph is sigmoid(channel means of the 0..1 image @ w), w read from the file.
+    graph = onnx.load(backbones.anime).graph  # the model.onnx file
+    w = next(numpy_helper.to_array(t) for t in graph.initializer if t.name == "w").astype(np.float64)
+    means = np.stack([np.asarray(im, dtype=np.float64).reshape(-1, 3).mean(axis=0) / 255 for im in images])
+    expected = 1 / (1 + np.exp(-(means @ w)[:, 0]))
+    assert scores == pytest.approx(expected.tolist(), abs=1e-5)
 
 
 # -- bad input --------------------------------------------------------------------------------------
@@ -599,18 +639,18 @@ def odd_images():
     ]
 
 
-def test_every_image_metric_takes_odd_modes_and_sizes(evaluators, tmp_path):
+def test_every_image_metric_takes_odd_modes_and_sizes(backbones, tmp_path):
     refs = folder_of(tmp_path / "refs", squares(2, seed=71))
-    clip = clip_config(evaluators)
+    clip = clip_config(backbones)
     config = MetricsConfig(
-        tag_accuracy={"model": str(evaluators.tagger)},
-        aesthetic_laion={"head": str(evaluators.laion_head), "clip": clip},
-        aesthetic_anime={"model": str(evaluators.anime), "size": 64},
+        tag_accuracy={"model": str(backbones.tagger)},
+        aesthetic_laion={"head": str(backbones.laion_head), "clip": clip},
+        aesthetic_anime={"model": str(backbones.anime), "size": 64},
         clip_score={"clip": clip},
         clip_i={"references": refs, "clip": clip},
-        identity={"references": refs, "weights": str(evaluators.facenet)},
-        ccip={"references": refs, "model": str(evaluators.ccip)},
-        style_loss={"references": refs, "weights": str(evaluators.vgg19), "size": (32, 32)},
+        identity={"references": refs, "weights": str(backbones.facenet)},
+        ccip={"references": refs, "model": str(backbones.ccip)},
+        style_loss={"references": refs, "weights": str(backbones.vgg19), "size": (32, 32)},
     )
     images = odd_images()
     jobs = jobs_for("red square", "a", "b", "c", "d")
@@ -623,18 +663,18 @@ def test_every_image_metric_takes_odd_modes_and_sizes(evaluators, tmp_path):
         assert all(len(v) == len(images) for v in scores.values()), metric.name
 
 
-def full_suite(evaluators, refs: Path, faces: Path, batch_size: int) -> MetricsConfig:
-    clip = {"model": evaluators.clip, "pretrained": None}
+def full_suite(backbones, refs: Path, faces: Path, batch_size: int) -> MetricsConfig:
+    clip = {"model": backbones.clip, "pretrained": None}
     sections = {
-        "tag_accuracy": {"model": str(evaluators.tagger)},
-        "aesthetic_laion": {"head": str(evaluators.laion_head), "clip": clip},
-        "aesthetic_anime": {"model": str(evaluators.anime), "size": 64},
+        "tag_accuracy": {"model": str(backbones.tagger)},
+        "aesthetic_laion": {"head": str(backbones.laion_head), "clip": clip},
+        "aesthetic_anime": {"model": str(backbones.anime), "size": 64},
         "clip_score": {"clip": clip},
         "clip_i": {"references": refs, "clip": clip},
-        "identity": {"references": faces, "weights": str(evaluators.facenet)},
-        "ccip": {"references": refs, "model": str(evaluators.ccip)},
-        "style_loss": {"references": refs, "weights": str(evaluators.vgg19), "size": (32, 32)},
-        "diversity": {"trunk_weights": str(evaluators.alexnet)},
+        "identity": {"references": faces, "weights": str(backbones.facenet)},
+        "ccip": {"references": refs, "model": str(backbones.ccip)},
+        "style_loss": {"references": refs, "weights": str(backbones.vgg19), "size": (32, 32)},
+        "diversity": {"trunk_weights": str(backbones.alexnet)},
         "diversity_clip": {"clip": clip},
         "kid": {"references": refs, "clip": clip, "subsets": 5},
         "cmmd": {"references": refs, "clip": clip},
@@ -642,7 +682,7 @@ def full_suite(evaluators, refs: Path, faces: Path, batch_size: int) -> MetricsC
     return MetricsConfig(**{name: {**part, "batch_size": batch_size} for name, part in sections.items()})
 
 
-def test_batch_size_never_changes_a_score(evaluators, astronaut, tmp_path):
+def test_batch_size_never_changes_a_score(backbones, astronaut, tmp_path):
     """Every metric scores the same images alike one at a time or sixteen at a time."""
     refs = folder_of(tmp_path / "refs", squares(4, seed=81))
     faces = folder_of(tmp_path / "faces", [astronaut])
@@ -650,7 +690,7 @@ def test_batch_size_never_changes_a_score(evaluators, astronaut, tmp_path):
     jobs = jobs_for("red square", "green square", "blue square", "a face", num_images=2)
     by_size = {}
     for batch_size in (1, 16):
-        suite = full_suite(evaluators, refs, faces, batch_size)
+        suite = full_suite(backbones, refs, faces, batch_size)
         metrics = build_metrics(suite.enabled(), pool=BackbonePool())
         batch = ImageBatch.of(images, jobs)
         by_size[batch_size] = {m.name: m.score(batch) for m in metrics}
@@ -728,7 +768,7 @@ def test_every_metric_section_has_a_registered_metric_and_vice_versa():
 # -- sdcallbacks score -----------------------------------------------------------------------------
 
 
-def test_score_cli_scores_a_folder_with_prompts_from_file_caption_and_png_text(evaluators, tmp_path, capsys):
+def test_score_cli_scores_a_folder_with_prompts_from_file_caption_and_png_text(backbones, tmp_path, capsys):
     import json
 
     from PIL import PngImagePlugin
@@ -751,13 +791,13 @@ def test_score_cli_scores_a_folder_with_prompts_from_file_caption_and_png_text(e
         json.dumps({"file": "a.png", "prompt": "red square, white background", "seed": 7}) + "\n"
     )
     config = tmp_path / "metrics.yaml"
-    config.write_text(f"metrics:\n  tag_accuracy:\n    model: {evaluators.tagger}\n", encoding="utf-8")
+    config.write_text(f"metrics:\n  tag_accuracy:\n    model: {backbones.tagger}\n", encoding="utf-8")
     out = tmp_path / "scores.jsonl"
     argv = ["score", str(folder), "--metrics", "tag_accuracy,aesthetic_anime", "--prompts", str(prompts)]
     assert main([*argv, "--config", str(config), "--out", str(out)]) == 2  # aesthetic_anime: no model offline
     config.write_text(
-        f"metrics:\n  tag_accuracy:\n    model: {evaluators.tagger}\n"
-        f"  aesthetic_anime:\n    model: {evaluators.anime}\n    size: 64\n",
+        f"metrics:\n  tag_accuracy:\n    model: {backbones.tagger}\n"
+        f"  aesthetic_anime:\n    model: {backbones.anime}\n    size: 64\n",
         encoding="utf-8",
     )
     assert main([*argv, "--config", str(config), "--out", str(out)]) == 0
@@ -771,3 +811,69 @@ def test_score_cli_scores_a_folder_with_prompts_from_file_caption_and_png_text(e
     assert aggregate_row["score/skipped_files"] == 1.0 and aggregate_row["score/tag_accuracy/skipped"] == 1.0
     assert "score/aesthetic_anime/mean" in capsys.readouterr().out
     assert main(["score", str(folder), "--metrics", "no_such_metric"]) == 2
+
+
+# -- transparency: each backbone as its own reference -------------------------------------------
+
+
+def transparent_pair(tmp_path: Path) -> list[Image.Image]:
+    """Two RGBA files that look the same (left half opaque, right half fully transparent) and differ only in
+    the colours hidden under the transparent half; read as a folder is read."""
+    from sdcallbacks.metrics.images import read_image
+
+    rng = np.random.default_rng(5)
+    visible = rng.integers(0, 256, (64, 32, 3), dtype=np.uint8)
+    paths = []
+    for name, hidden in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+        rgba = np.zeros((64, 64, 4), dtype=np.uint8)
+        rgba[:, :32, :3], rgba[:, :32, 3] = visible, 255
+        rgba[:, 32:, :3], rgba[:, 32:, 3] = hidden, 0
+        Image.fromarray(rgba, "RGBA").save(tmp_path / f"{name}.png")
+        paths.append(tmp_path / f"{name}.png")
+    images = [read_image(path) for path in paths]
+    assert [im.mode for im in images] == ["RGBA", "RGBA"]  # reading keeps the alpha for the backbones
+    return images
+
+
+def as_arrays(features) -> list[np.ndarray]:
+    parts = features if isinstance(features, tuple) else (features,)
+    return [np.asarray(part, dtype=np.float64) for part in parts]
+
+
+def test_each_backbone_treats_transparency_as_its_reference_does(backbones, tmp_path):
+    """WD14 (SmilingWolf), CCIP (imgutils) and the anime aesthetic composite onto white: the hidden colours
+    cannot matter. CLIP, LPIPS, VGG and Inception follow ``convert("RGB")`` (clip.load, the LAION
+    predictor, lpips, GhostReview, torchmetrics): the hidden colours show, as they do in PIL."""
+    from sdcallbacks.metrics.backbones.anime_aesthetic import AnimeAestheticNet
+    from sdcallbacks.metrics.backbones.ccip import CCIPNet
+    from sdcallbacks.metrics.backbones.inception import InceptionNet
+    from sdcallbacks.metrics.backbones.lpips_net import LPIPSNet
+    from sdcallbacks.metrics.backbones.vgg import VGGGram
+    from sdcallbacks.metrics.backbones.wd14 import WD14Tagger
+
+    images = transparent_pair(tmp_path)
+    on_white = []
+    for image in images:
+        canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        canvas.alpha_composite(image)
+        on_white.append(canvas.convert("RGB"))
+    converted = [image.convert("RGB") for image in images]
+    composite = [
+        WD14Tagger(str(backbones.tagger)),
+        CCIPNet(str(backbones.ccip), "ccip-caformer-24-randaug-pruned"),
+        AnimeAestheticNet(str(backbones.anime), size=64),
+    ]
+    dropped = [
+        ClipBackbone(clip_config(backbones)),
+        LPIPSNet(trunk_weights=str(backbones.alexnet)),
+        VGGGram(str(backbones.vgg19), size=(32, 32)),
+        InceptionNet("2048", str(backbones.inception)),
+    ]
+    for backbone in composite + dropped:
+        red, blue = (as_arrays(backbone.embed([image])) for image in images)
+        reference = on_white if backbone in composite else converted
+        expected = [as_arrays(backbone.embed([image])) for image in reference]
+        for got, want in zip((red, blue), expected):
+            assert all(np.allclose(g, w, atol=1e-6) for g, w in zip(got, want)), backbone.key
+        hidden_shows = not all(np.allclose(r, b, atol=1e-6) for r, b in zip(red, blue))
+        assert hidden_shows == (backbone in dropped), backbone.key

@@ -39,9 +39,9 @@ def records(out: Path, kind: str) -> list[dict]:
     return [r for r in read_metrics(out / "metrics.jsonl") if r["type"] == kind]
 
 
-def test_two_processes_equal_one_image_for_image(tmp_path, evaluators):
-    one = launch(1, tmp_path / "one", tmp_path / "tok1", evaluators.clip)
-    two = launch(2, tmp_path / "two", tmp_path / "tok2", evaluators.clip)
+def test_two_processes_equal_one_image_for_image(tmp_path, backbones):
+    one = launch(1, tmp_path / "one", tmp_path / "tok1", backbones.clip)
+    two = launch(2, tmp_path / "two", tmp_path / "tok2", backbones.clip)
 
     # the same decisions, on every rank, as with one process
     assert two[0]["controls"] == two[1]["controls"] == one[0]["controls"]
@@ -68,16 +68,16 @@ def test_two_processes_equal_one_image_for_image(tmp_path, evaluators):
         assert a[:2] == b[:2] and a[2] == pytest.approx(b[2], abs=1e-6)
 
 
-def test_a_failure_on_one_process_fails_the_validation_on_all_without_a_hang(tmp_path, evaluators):
-    ranks = launch(2, tmp_path / "out", tmp_path / "tok", evaluators.clip, FAIL_ON_LAST_RANK_AT="4")
+def test_a_failure_on_one_process_fails_the_validation_on_all_without_a_hang(tmp_path, backbones):
+    ranks = launch(2, tmp_path / "out", tmp_path / "tok", backbones.clip, FAIL_ON_LAST_RANK_AT="4")
     assert ranks[0]["failed_validations"] == ranks[1]["failed_validations"] == 1
     assert ranks[0]["controls"] == ranks[1]["controls"]
     steps = {r["step"] for r in records(tmp_path / "out", "aggregate")}
     assert 4 not in steps and {0, 2, 6} <= steps  # training went on; earlier records kept
 
 
-def test_two_processes_with_background_scoring_agree_and_stop_one_validation_late(tmp_path, evaluators):
-    ranks = launch(2, tmp_path / "out", tmp_path / "tok", evaluators.clip, SCORING_MODE="async")
+def test_two_processes_with_background_scoring_agree_and_stop_one_validation_late(tmp_path, backbones):
+    ranks = launch(2, tmp_path / "out", tmp_path / "tok", backbones.clip, SCORING_MODE="async")
     assert ranks[0]["controls"] == ranks[1]["controls"]
     assert ranks[0]["failed_validations"] == ranks[1]["failed_validations"] == 0
     logged = {step: values["val/brightness/mean"] for step, _, values in logged_aggregates(tmp_path / "out")}

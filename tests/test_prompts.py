@@ -95,7 +95,19 @@ def test_seeds_are_derived_per_prompt_and_image_or_pinned():
     jobs = expand_jobs(specs)
     assert [j.key for j in jobs][:4] == [(0, 0), (0, 1), (0, 2), (1, 0)]
     assert len({(j.prompt.index, j.seed) for j in jobs}) == len(jobs)
-    assert defaults.num_images < SEED_STRIDE
+
+
+def test_derived_seeds_never_collide_up_to_the_per_prompt_limit():
+    """Derived seeds are base + SEED_STRIDE * prompt + image: the most images a prompt may ask for still
+    gives every image of every prompt its own seed; one more is a located config error."""
+    most = PromptDefaults(num_images=SEED_STRIDE - 1)
+    specs = resolve_prompts([PromptEntry(prompt="x"), PromptEntry(prompt="y")], most, base_seed=3)
+    seeds = [seed for spec in specs for seed in spec.seeds]
+    assert len(seeds) == 2 * (SEED_STRIDE - 1) and len(set(seeds)) == len(seeds)
+    with pytest.raises(ConfigError, match=r"prompts\.1\.num_images: at most 9999 images per prompt"):
+        resolve_prompts(
+            [PromptEntry(prompt="x"), PromptEntry(prompt="y", num_images=SEED_STRIDE)], most, base_seed=3
+        )
 
 
 def test_prompt_files_yaml_and_txt_merge_after_inline_prompts(tmp_path):

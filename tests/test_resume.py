@@ -54,12 +54,12 @@ def comparable(cb):
     state = cb.state_dict()
     checkpoint = state["selection"]["checkpoint"]
     return {
-        "best": (cb.best_step, cb.best_score),
+        "best": (cb.best_step, cb.best_model_score),
         "kept": sorted(zip(checkpoint["steps"].values(), checkpoint["best_k_models"].values())),
         "early_stopping": state["selection"]["early_stopping"],
-        "history": state["selection"]["history"],
+        "monitored": state["selection"]["monitored"],
         "schedule": state["schedule"],
-        "baseline": state["baseline"]["base"] and len(state["baseline"]["base"]),
+        "baseline": len(state["baseline"]["records"]["base"]),
     }
 
 

@@ -10,7 +10,7 @@ import torch
 
 from sdcallbacks.config import PromptDefaults, PromptEntry
 from sdcallbacks.prompts import expand_jobs, resolve_prompts
-from sdcallbacks.sampling import ValidationSampler, eval_mode, isolated_rng
+from sdcallbacks.sampling import ValidationSampler
 
 
 @pytest.fixture
@@ -118,17 +118,36 @@ def test_ema_variant_swaps_weights_back_bit_exactly(tiny_modules, jobs):
     assert all(torch.equal(a, b) for a, b in zip(before, unet.parameters()))
 
 
-def test_restore_happens_even_when_sampling_fails(tiny_modules):
+def test_restore_happens_even_when_sampling_fails(tiny_modules, jobs):
+    """The UNet raises mid-sampling (after drawing random numbers, with the adapters disabled for the base
+    variant): modes, random streams, adapters and requires_grad are all as they were."""
+    from sdcallbacks.testing.modules import perturb_lora
+
+    perturb_lora(tiny_modules, step=1)
     unet = tiny_modules.unet
     unet.train()
+    modes = {name: module.training for name, module in unet.named_modules()}
+    trainable = {name: p.requires_grad for name, p in unet.named_parameters()}
+    sampler = ValidationSampler(tiny_modules, batch_size=2)
+    lora = pixels(sampler.sample(jobs[:2]))
+
+    def explode(module, args):
+        torch.rand(100)  # the failure happens after the sampler's streams moved
+        raise RuntimeError("unet exploded")
+
+    hook = unet.register_forward_pre_hook(explode)
     torch.manual_seed(1)
     expected = torch.rand(2)
     torch.manual_seed(1)
-    with pytest.raises(RuntimeError), isolated_rng(), eval_mode(unet):
-        torch.rand(100)
-        raise RuntimeError("metric exploded")
-    assert unet.training
+    try:
+        with pytest.raises(RuntimeError, match="unet exploded"):
+            sampler.sample(jobs[:2], variant="base")
+    finally:
+        hook.remove()
     assert torch.equal(torch.rand(2), expected)
+    assert {name: module.training for name, module in unet.named_modules()} == modes
+    assert {name: p.requires_grad for name, p in unet.named_parameters()} == trainable
+    np.testing.assert_array_equal(pixels(sampler.sample(jobs[:2])), lora)  # adapters are back on
 
 
 def test_the_base_variant_leaves_every_requires_grad_as_it_was(tiny_modules, jobs):
@@ -147,3 +166,79 @@ def test_the_base_variant_leaves_every_requires_grad_as_it_was(tiny_modules, job
     assert {name: p.requires_grad for name, p in unet.named_parameters()} == before
     model = ValidationSampler(tiny_modules, batch_size=2).sample(jobs[:2])
     assert not np.array_equal(pixels(base), pixels(model))  # the adapters were off, then back on
+
+
+def diffusers_images(pipe, jobs) -> np.ndarray:
+    """diffusers' own pipeline call for ``jobs``: one CPU generator per image, seeded with its job's seed."""
+    prompt = jobs[0].prompt
+    out = pipe(
+        prompt=[job.prompt.prompt for job in jobs],
+        width=prompt.width,
+        height=prompt.height,
+        num_inference_steps=prompt.steps,
+        guidance_scale=prompt.guidance_scale,
+        generator=[torch.Generator("cpu").manual_seed(job.seed) for job in jobs],
+        output_type="pil",
+    )
+    return pixels(out.images)
+
+
+@pytest.mark.parametrize(
+    ("name", "scheduler_class"),
+    [
+        ("ddim", "DDIMScheduler"),
+        ("euler", "EulerDiscreteScheduler"),
+        ("euler_a", "EulerAncestralDiscreteScheduler"),
+        ("dpm++", "DPMSolverMultistepScheduler"),
+        ("pndm", "PNDMScheduler"),
+        ("training", "DDPMScheduler"),  # the training scheduler's own class
+    ],
+)
+def test_each_scheduler_name_draws_what_diffusers_draws_with_that_scheduler(
+    tiny_modules, jobs, name, scheduler_class
+):
+    import diffusers
+
+    m = tiny_modules
+    images = pixels(ValidationSampler(m, scheduler=name, batch_size=2).sample(jobs[:2]))
+    for module in m.torch_modules():
+        module.eval()  # the sampler samples in eval mode (LoRA dropout off)
+    options = {"skip_prk_steps": True} if name == "pndm" else {}  # as SD's published PNDM config
+    scheduler = getattr(diffusers, scheduler_class).from_config(m.noise_scheduler.config, **options)
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=m.vae,
+        text_encoder=m.text_encoder,
+        tokenizer=m.tokenizer,
+        unet=m.unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(images, diffusers_images(pipe, jobs[:2]))
+    if name != "ddim":  # the name selects a different sampler, not ddim under another label
+        ddim = pixels(ValidationSampler(m, scheduler="ddim", batch_size=2).sample(jobs[:2]))
+        assert not np.array_equal(images, ddim)
+
+
+def test_sdxl_modules_sample_through_diffusers_sdxl_pipeline_with_both_text_encoders(clip_tokenizer, jobs):
+    """``text_encoder_2``/``tokenizer_2`` make it SDXL: the images are diffusers' StableDiffusionXLPipeline's,
+    and the second text encoder conditions them."""
+    import diffusers
+
+    from sdcallbacks.testing.modules import tiny_sdxl_modules
+
+    m = tiny_sdxl_modules(clip_tokenizer)
+    images = pixels(ValidationSampler(m, batch_size=2).sample(jobs[:2]))
+    names = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet")
+    scheduler = diffusers.DDIMScheduler.from_config(m.noise_scheduler.config)
+    components = {name: getattr(m, name) for name in names}
+    pipe = diffusers.StableDiffusionXLPipeline(**components, scheduler=scheduler, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(images, diffusers_images(pipe, jobs[:2]))
+    with torch.no_grad():
+        for param in m.text_encoder_2.parameters():
+            param.mul_(1.5)
+    changed = pixels(ValidationSampler(m, batch_size=2).sample(jobs[:2]))
+    assert not np.array_equal(images, changed)

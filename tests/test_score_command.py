@@ -23,9 +23,9 @@ def folder(tmp_path):
     return images  # c.png has no prompt at all
 
 
-def clip_config(tmp_path, evaluators, **extra) -> Path:
+def clip_config(tmp_path, backbones, **extra) -> Path:
     path = tmp_path / "metrics.yaml"
-    clip = f'{{model: "{evaluators.clip}", pretrained: null}}'
+    clip = f'{{model: "{backbones.clip}", pretrained: null}}'
     lines = [f"  clip_score: {{clip: {clip}}}"] + [f"  {k}: {v}" for k, v in extra.items()]
     path.write_text("metrics:\n" + "\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -35,9 +35,9 @@ def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def test_an_image_without_a_prompt_is_skipped_by_prompt_metrics(tmp_path, folder, evaluators, capsys):
+def test_an_image_without_a_prompt_is_skipped_by_prompt_metrics(tmp_path, folder, backbones, capsys):
     out = tmp_path / "scores.jsonl"
-    argv = ["score", str(folder), "--config", str(clip_config(tmp_path, evaluators)), "--out", str(out)]
+    argv = ["score", str(folder), "--config", str(clip_config(tmp_path, backbones)), "--out", str(out)]
     assert main(argv) == 0
     records = {Path(r["image_path"]).name: r for r in rows(out) if r["type"] == "image"}
     assert records["c.png"]["scores"]["clip_score"] is None  # not compared with ""
@@ -50,10 +50,10 @@ def test_an_image_without_a_prompt_is_skipped_by_prompt_metrics(tmp_path, folder
 
 
 def test_the_same_scores_for_captioned_images_with_or_without_an_unprompted_neighbour(
-    tmp_path, folder, evaluators
+    tmp_path, folder, backbones
 ):
     out = tmp_path / "all.jsonl"
-    config = str(clip_config(tmp_path, evaluators))
+    config = str(clip_config(tmp_path, backbones))
     assert main(["score", str(folder), "--config", config, "--out", str(out)]) == 0
     (folder / "c.png").unlink()
     alone = tmp_path / "alone.jsonl"
@@ -68,19 +68,19 @@ def test_the_same_scores_for_captioned_images_with_or_without_an_unprompted_neig
 
 
 def test_out_in_a_missing_folder_is_created_and_a_bad_out_fails_before_scoring(
-    tmp_path, folder, evaluators, capsys, monkeypatch
+    tmp_path, folder, backbones, capsys, monkeypatch
 ):
-    config = str(clip_config(tmp_path, evaluators))
+    config = str(clip_config(tmp_path, backbones))
     out = tmp_path / "new" / "nested" / "scores.jsonl"
     assert main(["score", str(folder), "--config", config, "--out", str(out)]) == 0
     assert rows(out)[-1]["type"] == "aggregate"
 
-    import sdcallbacks.scoring
+    import sdcallbacks.score_command
 
     def must_not_score(*args, **kwargs):
         raise AssertionError("scoring started although --out cannot be written")
 
-    monkeypatch.setattr(sdcallbacks.scoring, "score_folder", must_not_score)
+    monkeypatch.setattr(sdcallbacks.score_command, "score_folder", must_not_score)
     (tmp_path / "a_file").write_text("x", encoding="utf-8")
     for bad, message in [
         (tmp_path / "a_file" / "scores.jsonl", "cannot write the scores file"),
@@ -101,12 +101,12 @@ class Payload:
 
 
 def test_a_malicious_weights_file_is_refused_without_advising_unsafe_loading(
-    tmp_path, folder, evaluators, capsys
+    tmp_path, folder, backbones, capsys
 ):
     marker = tmp_path / "executed"
     evil = tmp_path / "evil_head.pth"
     torch.save({"layers.0.weight": Payload(marker)}, evil)
-    config = clip_config(tmp_path, evaluators)
+    config = clip_config(tmp_path, backbones)
     config.write_text(
         config.read_text(encoding="utf-8").replace("clip_score:", "aesthetic_laion:", 1).rstrip("}\n")
         + f"}}, head: {evil}}}\n",

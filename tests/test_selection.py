@@ -15,7 +15,8 @@ from sdcallbacks import ValidationCallback
 from sdcallbacks.aggregation.composite import ScoreWeight, composite_score
 from sdcallbacks.aggregation.records import ImageRecord
 from sdcallbacks.cli import main as cli
-from sdcallbacks.config import ConfigError
+from sdcallbacks.config import ConfigError, MetricConfig, validate_config
+from sdcallbacks.metrics import ImageMetric
 from sdcallbacks.sampling.pipeline import TrainingModules, build_pipeline
 from sdcallbacks.sampling.sampler import ValidationSampler
 from sdcallbacks.selection import ModelCheckpoint
@@ -178,11 +179,11 @@ def test_unwritable_checkpoint_folder_is_a_config_error(tmp_path, tagger_dir, ca
     assert not (tmp_path / "out").exists()  # checking creates nothing
 
 
-def test_set_metric_cannot_be_standardised(tmp_path, tagger_dir, evaluators):
+def test_set_metric_cannot_be_standardised(tmp_path, tagger_dir, backbones):
     refs = tmp_path / "refs"
     refs.mkdir()
     Image.new("RGB", (32, 32), "red").save(refs / "r.png")
-    metrics = {"kid": {"references": str(refs), "clip": {"model": evaluators.clip, "pretrained": None}}}
+    metrics = {"kid": {"references": str(refs), "clip": {"model": backbones.clip, "pretrained": None}}}
     with pytest.raises(ConfigError, match=r"score\.kid: 'kid' is one value per validation"):
         ValidationCallback.from_config(
             _config(tmp_path, tagger_dir, metrics=metrics, monitor=None, score={"kid": 1})
@@ -190,6 +191,24 @@ def test_set_metric_cannot_be_standardised(tmp_path, tagger_dir, evaluators):
 
 
 # -- the best LoRA on disk ---------------------------------------------------------------------------------
+
+
+class Scripted(ImageMetric):
+    """Scores every image of a validation with the next of ``values``: the test decides which step is best."""
+
+    name = "scripted"
+    higher_is_better = True
+    config_class = MetricConfig
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = list(values)
+
+    def load(self) -> None:
+        pass
+
+    def compute(self, batch):
+        return {self.name: [self.values.pop(0)] * len(batch)}
 
 
 def _lora_values(unet) -> dict[str, torch.Tensor]:
@@ -202,8 +221,10 @@ def test_best_lora_is_a_detached_snapshot_that_reloads_and_reproduces_its_image(
     from safetensors.torch import load_file
 
     pristine = copy.deepcopy(tiny_modules)  # base weights for an independent pipeline later
-    cfg = _config(tmp_path, tagger_dir, early_stopping={"patience": 5, "restore_best_at_end": True})
-    cb = ValidationCallback.from_config(cfg)
+    stopping = {"patience": 5, "restore_best_at_end": True}
+    cfg = _config(tmp_path, tagger_dir, metrics={}, monitor="val/scripted/mean", early_stopping=stopping)
+    # baseline, step 2, step 4: step 2 is best, whatever the weights draw later.
+    cb = ValidationCallback(validate_config(cfg), metrics=[Scripted([0.0, 1.0, 0.5])])
     m = tiny_modules
     cb.on_train_start(
         unet=m.unet,
@@ -215,8 +236,7 @@ def test_best_lora_is_a_detached_snapshot_that_reloads_and_reproduces_its_image(
     assert cb.on_step_end(2).should_save and cb.best_step == 2
     at_best = _lora_values(m.unet)
     saved = load_file(f"{cb.best_model_path}/pytorch_lora_weights.safetensors")
-    # Later optimizer steps (made worse so that step 2 stays best) must not reach the saved snapshot.
-    cb.selection.checkpoint.best_k_models[cb.best_model_path] = math.inf
+    # Later optimizer steps (scored worse, so step 2 stays best) must not reach the saved snapshot.
     with torch.no_grad():
         for name, p in m.unet.named_parameters():
             if "lora" in name:
@@ -232,7 +252,7 @@ def test_best_lora_is_a_detached_snapshot_that_reloads_and_reproduces_its_image(
     pipe = build_pipeline(pristine, "ddim")
     pipe.load_lora_weights(cb.best_model_path)
     fresh = TrainingModules(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, m.noise_scheduler)
-    job = cb.jobs[0]
+    job = cb.validation.jobs[0]
     (image,) = ValidationSampler(fresh, scheduler="ddim", batch_size=1).sample([job])
     drawn = Image.open(tmp_path / "out" / "samples" / "step_0000002" / f"{job.file_stem}.png")
     assert np.array_equal(np.asarray(image), np.asarray(drawn))
@@ -280,7 +300,7 @@ def test_a_saved_lora_redraws_its_images_in_a_fresh_pipeline_whatever_its_config
     pipe = build_pipeline(pristine, "ddim")
     pipe.load_lora_weights(cb.best_model_path)
     fresh = TrainingModules(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, modules.noise_scheduler)
-    redrawn = ValidationSampler(fresh, scheduler="ddim", batch_size=2).sample(cb.jobs)
-    for job, image in zip(cb.jobs, redrawn):
+    redrawn = ValidationSampler(fresh, scheduler="ddim", batch_size=2).sample(cb.validation.jobs)
+    for job, image in zip(cb.validation.jobs, redrawn):
         drawn = Image.open(tmp_path / "out" / "samples" / "step_0000002" / f"{job.file_stem}.png")
         assert np.array_equal(np.asarray(image), np.asarray(drawn)), job.file_stem

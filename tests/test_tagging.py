@@ -128,7 +128,38 @@ def test_missing_weights_give_one_clear_error(tmp_path, monkeypatch):
 
 def test_registry_builds_enabled_metrics_lazily(tagger_dir):
     assert METRICS["tag_accuracy"] is TagAccuracy
-    (metric,) = build_metrics({"tag_accuracy": TagAccuracyConfig(model="/nonexistent")})
-    assert not metric._loaded  # nothing loads until first use
+    (metric,) = build_metrics({"tag_accuracy": TagAccuracyConfig(model="/nonexistent")})  # no load yet
+    with pytest.raises(WeightsNotFoundError, match="nonexistent"):  # the first use loads
+        metric.score([Image.new("RGB", (8, 8))], jobs_for("red square"))
     with pytest.raises(KeyError, match="unknown metric"):
         build_metrics({"nope": TagAccuracyConfig()})
+
+
+def test_character_tags_are_held_to_character_threshold(tagger_dir, tmp_path):
+    """A tag whose CSV category is 4 (character) is predicted above ``character_threshold``, whatever
+    ``threshold`` (general tags) says; the same tag as a general tag follows ``threshold``."""
+    import shutil
+
+    image = Image.new("RGB", (64, 64), (255, 255, 255))
+    image.paste((220, 30, 30), (0, 0, 16, 15))  # a small red patch: the tag's probability is not saturated
+    tagger = WD14Tagger(str(tagger_dir))
+    p = float(tagger.embed([image])[0, tagger.vocabulary.index["red_square"]])
+    assert 0.1 < p < 0.9, p
+    character = tmp_path / "character"
+    shutil.copytree(tagger_dir, character)
+    csv_path = character / "selected_tags.csv"
+    lines = csv_path.read_text(encoding="utf-8").splitlines()
+    lines = [line.replace(",red_square,0,", ",red_square,4,") for line in lines]
+    csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    jobs = jobs_for("red square")
+
+    def recall(folder, threshold, character_threshold):
+        config = TagAccuracyConfig(
+            model=str(folder), threshold=threshold, character_threshold=character_threshold
+        )
+        return TagAccuracy(config).score([image], jobs)["tag_accuracy"][0]
+
+    assert recall(tagger_dir, p - 0.05, p + 0.05) == 1.0  # general: threshold
+    assert recall(tagger_dir, p + 0.05, p - 0.05) == 0.0
+    assert recall(character, p + 0.05, p - 0.05) == 1.0  # character: character_threshold
+    assert recall(character, p - 0.05, p + 0.05) == 0.0

@@ -77,10 +77,10 @@ def test_wandb_offline_run_has_step_metric_rows_tables_and_summary(
     assert table["columns"][:6] == ["step", "variant", "prompt_name", "prompt", "seed", "image"]
     assert "tag_accuracy" in table["columns"] and "tag_accuracy/precision" in table["columns"]
     # run summary: best score, its step and the stopping reason; min/max summary of the monitored key kept
-    assert run.summary["best/val/tag_accuracy/mean"] == cb.best_score
+    assert run.summary["best/val/tag_accuracy/mean"] == cb.best_model_score
     assert run.summary["best/step"] == cb.best_step
     assert run.summary["early_stop/reason"] == "not_stopped"
-    assert run.summary["val/tag_accuracy/mean"] == {"max": cb.best_score}
+    assert run.summary["val/tag_accuracy/mean"] == {"max": cb.best_model_score}
     assert run.config["monitor"] == "val/tag_accuracy/mean"
     assert any("best" in a.aliases for a in run.artifacts if a.type == "model")
     # no commit=True anywhere, and nothing logged with an explicit step

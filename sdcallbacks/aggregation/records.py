@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from sdcallbacks.metrics.base import ImageBatch, KeySpec, Metric, SetMetric
+from sdcallbacks.metrics.base import KeySpec
 from sdcallbacks.prompts.library import ImageJob
 
 
@@ -69,35 +68,6 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     return mean, std
-
-
-def record_scores(
-    metrics: list[Metric],
-    batch: ImageBatch,
-    records: list[ImageRecord],
-    on_failure: Callable[[Metric], None] | None = None,
-) -> dict[str, float | None]:
-    """Score ``batch`` with each metric: per-image scores go into ``records`` (one per image), set-level
-    values are returned. When a metric raises, ``on_failure(metric)`` runs inside the ``except``; it may
-    re-raise, otherwise that metric's scores are recorded as missing and the others go on. Without
-    ``on_failure`` the error propagates."""
-    sets: dict[str, float | None] = {}
-    for metric in metrics:
-        try:
-            scores = metric.score(batch)
-        except Exception:
-            if on_failure is None:
-                raise
-            on_failure(metric)
-            missing = None if isinstance(metric, SetMetric) else [None] * len(batch)
-            scores = dict.fromkeys(metric.output_keys(), missing)
-        if isinstance(metric, SetMetric):
-            sets.update(scores)
-            continue
-        for key, values in scores.items():
-            for record, value in zip(records, values):
-                record.scores[key] = value
-    return sets
 
 
 def bootstrap_ci(values: list[float], resamples: int = 1000, seed: int = 0) -> tuple[float, float]:

@@ -22,7 +22,7 @@ WEIGHTS_FILE_FIELDS = ("weights", "trunk_weights")  # optional: a local file ins
 class MetricConfig(StrictModel):
     """Settings every metric has."""
 
-    batch_size: PositiveInt = Field(16, description="Images per evaluator forward pass.")
+    batch_size: PositiveInt = Field(16, description="Images per backbone forward pass.")
     good_threshold: float | None = Field(
         None, description="Log good_rate: the share of images at or beyond this score (in its direction)."
     )
@@ -230,7 +230,7 @@ class MetricsConfig(StrictModel):
     style_loss: StyleLossConfig | None = None
     ccip: CcipConfig | None = None
     val_loss: ValLossConfig | None = None
-    device: str | None = Field(None, description="Device for evaluators; default: the accelerator's.")
+    device: str | None = Field(None, description="Device for backbones; default: the accelerator's.")
     cache_references: bool = Field(
         True, description="Cache reference embeddings on disk, keyed by file content and model."
     )

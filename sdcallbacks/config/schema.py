@@ -134,23 +134,25 @@ class TrackersConfig(StrictModel):
 
 
 class ScoringConfig(StrictModel):
-    """Where and when scoring runs, and what evaluators do between validations."""
+    """When scoring runs, and where the scoring backbones (CLIP, WD14, facenet, ...) stay between
+    validations."""
 
     mode: Literal["sync", "async"] = Field(
         "sync",
         description="async: sampling blocks training, scoring, logging and the checkpoint decision run in "
         "a background thread; a decision reaches the loop at most one validation late.",
     )
-    evaluators: Literal["offload", "resident"] | None = Field(
+    backbones: Literal["offload", "resident"] | None = Field(
         None,
-        description="offload: evaluators leave the accelerator after each validation; resident: they stay. "
+        description="offload: the scoring backbones leave the accelerator after each validation; resident: "
+        "they stay. "
         "Default: offload on CUDA, resident on CPU (where there is nothing to free).",
     )
     wait_s: float = Field(
         600.0,
         ge=0.0,
         description="How long on_train_end, state_dict and the next validation wait for an in-flight "
-        "scoring job before giving up on it (async).",
+        "scoring task before giving up on it (async).",
     )
 
 

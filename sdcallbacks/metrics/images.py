@@ -1,4 +1,6 @@
-"""Reading images for evaluators: any PIL mode to RGB, and folders of images with counted skips."""
+"""Reading images for backbones: any PIL mode to 8 bits (transparency kept), each backbone's own RGB
+conversion (:func:`on_white` or :func:`drop_alpha`, as its reference does), and folders of images with
+counted skips."""
 
 from __future__ import annotations
 
@@ -14,18 +16,34 @@ logger = logging.getLogger("sdcallbacks")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB, with transparency composited onto white and 16-bit/float modes scaled to 8 bits."""
+def to_8bit(image: Image.Image) -> Image.Image:
+    """``RGB``, or ``RGBA`` where the image has transparency (kept: each backbone's reference treats it in
+    its own way); 16-bit and float modes scaled to 8 bits."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         scale = 255.0 / 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 1.0
         image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "P", "PA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        canvas.alpha_composite(rgba)
-        return canvas.convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        return image.convert("RGBA")
     return image.convert("RGB")
+
+
+def on_white(image: Image.Image) -> Image.Image:
+    """RGB with transparency composited onto white: the preprocessing of SmilingWolf's WD14 tagger,
+    deepghs' CCIP (``force_background="white"``) and the anime aesthetic predictor."""
+    image = to_8bit(image)
+    if image.mode == "RGB":
+        return image
+    canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    canvas.alpha_composite(image)
+    return canvas.convert("RGB")
+
+
+def drop_alpha(image: Image.Image) -> Image.Image:
+    """RGB with the alpha channel dropped, so colours under transparent pixels show: PIL's
+    ``convert("RGB")``, as in OpenAI CLIP's and open_clip's preprocessing, the LAION aesthetic predictor,
+    LPIPS, torchvision models, facenet-pytorch and clean-fid/torchmetrics image loading."""
+    return to_8bit(image).convert("RGB")
 
 
 class ImageFolderError(ValueError):
@@ -64,10 +82,10 @@ UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)
 
 
 def read_image(path: Path) -> Image.Image:
-    """One image file, decoded whole and converted to RGB (raises one of :data:`UNREADABLE`)."""
+    """One image file, decoded whole, in 8 bits with its transparency (raises one of :data:`UNREADABLE`)."""
     with Image.open(path) as opened:
         opened.load()
-        return to_rgb(opened)
+        return to_8bit(opened)
 
 
 def image_files(root: Path, what: str) -> list[Path]:

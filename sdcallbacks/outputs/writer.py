@@ -3,7 +3,8 @@
 Per validation: ``<output_dir>/samples/step_<step>[_<variant>]/`` with ``grid.png`` and one PNG per image.
 ``<output_dir>/metrics.jsonl``: one ``{"type": "image", ...}`` record per image and one
 ``{"type": "aggregate", ...}`` record per validation, each appended and flushed (and fsynced) at once, so
-a crash loses nothing already scored. Only the main process writes.
+a crash loses nothing already scored. ``val_loss`` measured between validations
+(``val_loss.every_n_steps``) is a ``{"type": "loss", ...}`` record. Only the main process writes.
 """
 
 from __future__ import annotations
@@ -86,7 +87,12 @@ class OutputWriter:
         self._append(record.to_json())
 
     def append_aggregate(self, step: int, variant: str, values: dict[str, float], **extra: Any) -> None:
+        """One validation's aggregates of one variant (``base`` for the baseline validation)."""
         self._append({"type": "aggregate", "step": step, "variant": variant, "values": values, **extra})
+
+    def append_loss(self, step: int, values: dict[str, float]) -> None:
+        """``val_loss`` of the model's weights measured between validations (no images)."""
+        self._append({"type": "loss", "step": step, "variant": "model", "values": values})
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

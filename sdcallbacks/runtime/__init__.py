@@ -1,6 +1,6 @@
 """What a validation costs the training process: background jobs and memory figures."""
 
-from sdcallbacks.runtime.jobs import BackgroundJob, side_stream
 from sdcallbacks.runtime.memory import MemoryMeter
+from sdcallbacks.runtime.tasks import BackgroundTask, side_stream
 
-__all__ = ["BackgroundJob", "MemoryMeter", "side_stream"]
+__all__ = ["BackgroundTask", "MemoryMeter", "side_stream"]

@@ -2,7 +2,7 @@
 
 On CUDA: ``peak_mem_mb`` is the peak of ``torch.cuda.memory_allocated`` during the validation above what
 was allocated when it started, and ``mem_delta_mb`` what is still allocated after it (near 0 with
-``scoring.evaluators: offload`` once the evaluators are loaded). The peak comes from torch's peak
+``scoring.backbones: offload`` once the backbones are loaded). The peak comes from torch's peak
 counter, which the meter resets when a validation starts: read your own peak figures before that if you
 log them. On the CPU, where torch has no such counter: ``rss_mb``, the process's resident set after the
 validation, and ``peak_rss_mb``, its high-water mark so far (the OS keeps no per-interval peak).

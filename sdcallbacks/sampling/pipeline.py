@@ -19,6 +19,9 @@ SCHEDULERS = {
     "dpm++": "DPMSolverMultistepScheduler",
     "pndm": "PNDMScheduler",
 }
+# Settings of the published SD pipelines' scheduler configs that a training scheduler's config lacks:
+# SD 1.x/2.x ship PNDM with skip_prk_steps (without it, fewer than 4 steps fail and more run PRK steps).
+SCHEDULER_OPTIONS: dict[str, dict[str, object]] = {"pndm": {"skip_prk_steps": True}}
 
 
 @dataclass
@@ -60,7 +63,7 @@ def fresh_scheduler(name: str, training_scheduler: Any) -> Any:
     import diffusers
 
     cls = type(training_scheduler) if name == "training" else getattr(diffusers, SCHEDULERS[name])
-    return cls.from_config(training_scheduler.config)
+    return cls.from_config(training_scheduler.config, **SCHEDULER_OPTIONS.get(name, {}))
 
 
 def build_pipeline(modules: TrainingModules, scheduler_name: str) -> Any:

@@ -52,7 +52,7 @@ def isolated_rng(cuda_devices: Sequence[int] | None = None) -> Iterator[RNGState
 
 
 def isolated_load(load: Callable[[], None]) -> None:
-    """Run an evaluator's first load with every global random stream restored afterwards: building a
+    """Run a backbone's first load with every global random stream restored afterwards: building a
     network draws its random initialisation from the global generators before the weights overwrite it,
     and mid-training those are the training loop's streams. Call it from the training thread: restoring
     the streams from another thread would rewind draws the training loop made meanwhile."""

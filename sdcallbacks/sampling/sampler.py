@@ -9,16 +9,14 @@ Guarantees, each covered by a test:
 * no parameter changes dtype or device; the training scheduler is not touched;
 * sampling runs under ``no_grad`` and autocast that follows the accelerator's mixed precision.
 
-``variant`` selects the weights: ``"model"`` (as trained), ``"ema"`` (EMA weights swapped in and
-swapped back in ``finally``) or ``"base"`` (LoRA adapters disabled, the baseline before training).
+``variant`` selects the weights (:mod:`sdcallbacks.sampling.variants`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from itertools import groupby
-from typing import Literal
 
 import torch
 from PIL import Image
@@ -27,8 +25,7 @@ from sdcallbacks.prompts.library import ImageJob
 from sdcallbacks.sampling.modes import eval_mode
 from sdcallbacks.sampling.pipeline import TrainingModules, build_pipeline, unwrap
 from sdcallbacks.sampling.rng import isolated_rng
-
-Variant = Literal["model", "ema", "base"]
+from sdcallbacks.sampling.variants import Variant, variant_weights
 
 
 def autocast_for(device: torch.device, mixed_precision: str) -> contextlib.AbstractContextManager:
@@ -37,44 +34,6 @@ def autocast_for(device: torch.device, mixed_precision: str) -> contextlib.Abstr
         return contextlib.nullcontext()
     dtype = torch.float16 if mixed_precision == "fp16" and device.type == "cuda" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _has_adapters(module: torch.nn.Module | None) -> bool:
-    return module is not None and bool(getattr(unwrap(module), "peft_config", None))
-
-
-@contextlib.contextmanager
-def adapters_disabled(modules: TrainingModules) -> Iterator[None]:
-    """Disable peft adapters on every module that has them (LoRA scale 0); re-enable in ``finally``."""
-    touched = [unwrap(m) for m in modules.torch_modules() if _has_adapters(m)]
-    if not touched:
-        raise ValueError("the base-model baseline needs LoRA adapters on the unet or text encoder (peft)")
-    # peft's enable_adapters() makes every adapter weight trainable again: keep each flag as it was, so a
-    # LoRA layer the user froze stays out of the optimizer and gradient clipping.
-    trainable = {param: param.requires_grad for module in touched for param in module.parameters()}
-    try:
-        for module in touched:
-            module.disable_adapters()
-        yield
-    finally:
-        for module in touched:
-            module.enable_adapters()
-        for param, requires_grad in trainable.items():
-            param.requires_grad_(requires_grad)
-
-
-@contextlib.contextmanager
-def ema_weights(modules: TrainingModules) -> Iterator[None]:
-    """Swap the EMA weights into the UNet for the body (``store``/``copy_to``/``restore``)."""
-    if modules.ema_unet is None:
-        raise ValueError("sampling.ema is 'ema' or 'both' but no ema_unet was passed to on_train_start")
-    params = list(unwrap(modules.unet).parameters())
-    modules.ema_unet.store(params)
-    try:
-        modules.ema_unet.copy_to(params)
-        yield
-    finally:
-        modules.ema_unet.restore(params)
 
 
 def _settings(job: ImageJob) -> tuple[int, int, int, float]:
@@ -103,11 +62,7 @@ class ValidationSampler:
         self.mixed_precision = mixed_precision
 
     def variant_weights(self, variant: Variant) -> contextlib.AbstractContextManager:
-        if variant == "base":
-            return adapters_disabled(self.modules)
-        if variant == "ema":
-            return ema_weights(self.modules)
-        return contextlib.nullcontext()
+        return variant_weights(self.modules, variant)
 
     def sample(self, jobs: Sequence[ImageJob], variant: Variant = "model") -> list[Image.Image]:
         """One PIL image per job, in the order of ``jobs``."""

@@ -2,7 +2,7 @@
 
 from sdcallbacks.selection.checkpoint import ModelCheckpoint
 from sdcallbacks.selection.early_stopping import EarlyStopping, StoppingReason
-from sdcallbacks.selection.monitor import Decision, MonitorMissingError, Selection
+from sdcallbacks.selection.selection import Decision, MonitorMissingError, Selection
 from sdcallbacks.selection.snapshots import load_weights, save_weights
 
 __all__ = [

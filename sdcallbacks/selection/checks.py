@@ -18,10 +18,7 @@ from sdcallbacks.metrics.base import Metric, SetMetric
 from sdcallbacks.metrics.checks import metric_path_problems
 from sdcallbacks.metrics.loss import ValidationLoss
 from sdcallbacks.prompts.library import load_prompts
-
-
-def variants(config: RunConfig) -> list[str]:
-    return {"none": ["model"], "ema": ["ema"], "both": ["model", "ema"]}[config.sampling.ema]
+from sdcallbacks.sampling.variants import planned_variants
 
 
 def _unwritable(path: Path) -> str | None:
@@ -55,7 +52,9 @@ def config_problems(config: RunConfig, metrics: list[Metric]) -> list[str]:
         names = [p.name for p in load_prompts(config)]
         loss = config.metrics.val_loss
         loss_keys = ValidationLoss(loss).output_keys() if loss is not None else []
-        keys = expected_keys(metrics, names, variants(config), loss_keys, list(config.score))
+        keys = expected_keys(
+            metrics, names, planned_variants(config.sampling.ema), loss_keys, list(config.score)
+        )
         if config.monitor not in keys:
             spread = ("std", "n", "skipped", "ci_low", "ci_high")
             main = [k for k in keys if "/prompt/" not in k and k.rsplit("/", 1)[-1] not in spread]

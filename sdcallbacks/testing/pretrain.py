@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,23 +54,25 @@ def tiny_text_encoder(vocab_size: int):
     return CLIPTextModel(config)
 
 
-def tiny_unet():
+def tiny_unet(**overrides: Any):
+    """The tiny world's UNet; ``overrides`` change its config (the SDXL test modules add ``text_time``)."""
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(
-        sample_size=IMAGE_SIZE // 2,
-        in_channels=4,
-        out_channels=4,
+    config = {
+        "sample_size": IMAGE_SIZE // 2,
+        "in_channels": 4,
+        "out_channels": 4,
         # Cross-attention at both resolutions: with it only at 8x8 (twice as fast to pretrain) a LoRA
         # could not move the colour of the square in a few hundred steps.
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=16,
-    )
+        "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        "block_out_channels": (32, 64),
+        "layers_per_block": 1,
+        "cross_attention_dim": 32,
+        "attention_head_dim": 8,
+        "norm_num_groups": 16,
+    }
+    return UNet2DConditionModel(**{**config, **overrides})
 
 
 def noise_scheduler():

@@ -88,7 +88,7 @@ def _build(root: Path, recipe: WorldRecipe, progress: Progress) -> None:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     from sdcallbacks.testing import pretrain
-    from sdcallbacks.testing.evaluators import write_facenet_weights, write_laion_head, write_tiny_open_clip
+    from sdcallbacks.testing.backbones import write_facenet_weights, write_laion_head, write_tiny_open_clip
     from sdcallbacks.testing.shapes import CONCEPT_COLOUR, make_samples
     from sdcallbacks.testing.tagger import write_tagger
     from sdcallbacks.testing.tokenizer import build_clip_tokenizer
@@ -96,7 +96,7 @@ def _build(root: Path, recipe: WorldRecipe, progress: Progress) -> None:
     threads = torch.get_num_threads()
     started = time.monotonic()
     try:
-        progress("[1/5] tokenizer and evaluator files")
+        progress("[1/5] tokenizer and backbone files")
         tokenizer = build_clip_tokenizer(root / "tokenizer_src")
         write_tagger(root / "tagger")
         write_tiny_open_clip(root / "clip", seed=recipe.seed)

@@ -1,4 +1,4 @@
-"""Evaluator networks shared between metrics."""
+"""Backbone networks shared between metrics."""
 
 from sdcallbacks.metrics.backbones.base import Backbone, FeatureCache, Features
 from sdcallbacks.metrics.backbones.pool import BackbonePool

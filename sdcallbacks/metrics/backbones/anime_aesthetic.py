@@ -18,13 +18,13 @@ from PIL import Image
 
 from sdcallbacks.metrics.backbones.base import SessionBackbone
 from sdcallbacks.metrics.backbones.onnx import fixed_batch, onnx_session
-from sdcallbacks.metrics.images import to_rgb
+from sdcallbacks.metrics.images import on_white
 from sdcallbacks.weights import resolve_file
 
 
 def preprocess_anime_aesthetic(image: Image.Image, size: int = 768) -> np.ndarray:
     """One image as (3, size, size) float32."""
-    array = torch.from_numpy(np.asarray(to_rgb(image), dtype=np.float32) / 255.0)
+    array = torch.from_numpy(np.asarray(on_white(image), dtype=np.float32) / 255.0)
     h, w = array.shape[:2]
     h, w = (size, int(size * w / h)) if h > w else (int(size * h / w), size)
     resized = F.interpolate(

@@ -1,4 +1,4 @@
-"""Backbones: the evaluator networks that turn images into features, shared between metrics.
+"""Backbones: the backbone networks that turn images into features, shared between metrics.
 
 A :class:`Backbone` maps a list of images to one feature row per image (a tensor, or a tuple of tensors
 for multi-layer features); a row of NaN means "no feature for this image" (MTCNN found no face). Every
@@ -7,7 +7,7 @@ backbone has a ``key`` naming the model and its weights: metrics that ask the
 and a :class:`FeatureCache` runs each backbone at most once per batch of images, whichever metrics read
 its features.
 
-Placement (``scoring.evaluators``): :meth:`Backbone.offload` frees the accelerator after a validation
+Placement (``scoring.backbones``): :meth:`Backbone.offload` frees the accelerator after a validation
 (torch modules move to the CPU; ONNX Runtime sessions, which cannot move, are dropped and rebuilt from
 their file); the next :meth:`Backbone.embed` brings the weights back. Neither step draws random numbers,
 so both are safe in the background scoring thread, unlike the first load (see :meth:`ensure_loaded`).
@@ -27,7 +27,7 @@ Features = torch.Tensor | tuple[torch.Tensor, ...]
 
 
 class Backbone(ABC):
-    """An evaluator network. Weights load on first use."""
+    """A backbone network. Weights load on first use."""
 
     def __init__(self, device: str = "cpu", batch_size: int = 16):
         self.device = device

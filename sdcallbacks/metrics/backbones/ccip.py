@@ -17,7 +17,7 @@ from PIL import Image
 
 from sdcallbacks.metrics.backbones.base import SessionBackbone
 from sdcallbacks.metrics.backbones.onnx import fixed_batch, onnx_session
-from sdcallbacks.metrics.images import to_rgb
+from sdcallbacks.metrics.images import on_white
 from sdcallbacks.weights import resolve_file
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32).reshape(3, 1, 1)
@@ -25,7 +25,7 @@ CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32).resh
 
 
 def preprocess_ccip(image: Image.Image, size: int = 384) -> np.ndarray:
-    array = np.asarray(to_rgb(image).resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+    array = np.asarray(on_white(image).resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
     return (array.transpose(2, 0, 1) - CLIP_MEAN) / CLIP_STD
 
 

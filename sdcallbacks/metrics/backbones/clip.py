@@ -21,7 +21,7 @@ from PIL import Image
 from sdcallbacks.config.loading import LOCAL_DIR, WEIGHT_SUFFIXES
 from sdcallbacks.config.metrics import ClipModelConfig
 from sdcallbacks.metrics.backbones.base import Backbone
-from sdcallbacks.metrics.images import to_rgb
+from sdcallbacks.metrics.images import drop_alpha
 from sdcallbacks.weights import WeightsNotFoundError
 
 logger = logging.getLogger("sdcallbacks")
@@ -96,7 +96,7 @@ class ClipBackbone(Backbone):
         self.embed_dim = int(model.visual.output_dim)
 
     def forward(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        batch = torch.stack([self.preprocess(to_rgb(im)) for im in images]).to(self.device)
+        batch = torch.stack([self.preprocess(drop_alpha(im)) for im in images]).to(self.device)
         return self.model.encode_image(batch).float().cpu()
 
     def _warn_if_truncated(self, prompt: str) -> None:

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from sdcallbacks.metrics.backbones.base import Backbone
-from sdcallbacks.metrics.images import to_rgb
+from sdcallbacks.metrics.images import drop_alpha
 from sdcallbacks.weights import load_state_dict_file, resolve_url_file, torch_home
 
 VGGFACE2_URL = (
@@ -66,7 +66,7 @@ class FaceEmbedder(Backbone):
 
     def detect(self, image: Image.Image) -> torch.Tensor | None:
         """The largest face as a (3, 160, 160) post-processed crop, or None when there is none."""
-        return self.detector(to_rgb(image))
+        return self.detector(drop_alpha(image))
 
     def forward(self, images: Sequence[Image.Image]) -> torch.Tensor:
         out = torch.full((len(images), EMBED_DIM), float("nan"))

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from sdcallbacks.metrics.backbones.base import Backbone
-from sdcallbacks.metrics.images import to_rgb
+from sdcallbacks.metrics.images import drop_alpha
 from sdcallbacks.weights import resolve_url_file, torch_home
 
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -45,6 +45,6 @@ class InceptionNet(Backbone):
         # One image at a time: validation images of different prompts may differ in size.
         rows = []
         for image in images:
-            array = torch.from_numpy(np.asarray(to_rgb(image), dtype=np.uint8).copy())
+            array = torch.from_numpy(np.asarray(drop_alpha(image), dtype=np.uint8).copy())
             rows.append(self.net(array.permute(2, 0, 1)[None].to(self.device)).double().cpu())
         return torch.cat(rows)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from sdcallbacks.metrics.backbones.base import Backbone
-from sdcallbacks.metrics.images import to_rgb
+from sdcallbacks.metrics.images import drop_alpha
 from sdcallbacks.weights import load_state_dict_file, resolve_url_file, torch_home
 
 TRUNK_URLS = {
@@ -41,7 +41,7 @@ def load_trunk(model, path) -> None:
 
 def image_tensor(image: Image.Image) -> torch.Tensor:
     """(3, H, W) in [-1, 1], LPIPS' input range."""
-    array = np.asarray(to_rgb(image), dtype=np.float32) / 127.5 - 1.0
+    array = np.asarray(drop_alpha(image), dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1)
 
 

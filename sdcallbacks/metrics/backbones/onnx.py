@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions for the published ONNX evaluators (WD14, anime aesthetic, CCIP)."""
+"""ONNX Runtime sessions for the published ONNX backbones (WD14, anime aesthetic, CCIP)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from sdcallbacks.metrics.backbones.base import Backbone
-from sdcallbacks.metrics.images import to_rgb
+from sdcallbacks.metrics.images import drop_alpha
 from sdcallbacks.weights import load_state_dict_file, resolve_url_file, torch_home
 
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
@@ -80,7 +80,7 @@ class VGGGram(Backbone):
         )
 
     def forward(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, ...]:
-        x = torch.stack([self.transform(to_rgb(im)) for im in images]).to(self.device)
+        x = torch.stack([self.transform(drop_alpha(im)) for im in images]).to(self.device)
         grams = []
         for index, layer in enumerate(self.features):
             x = layer(x)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from sdcallbacks.metrics.backbones.base import SessionBackbone
 from sdcallbacks.metrics.backbones.onnx import fixed_batch, onnx_session
-from sdcallbacks.metrics.images import to_rgb
+from sdcallbacks.metrics.images import on_white
 from sdcallbacks.weights import resolve_file
 
 RATING, GENERAL, CHARACTER = 9, 0, 4
@@ -61,7 +61,7 @@ class TagVocabulary:
 
 def preprocess_wd14(image: Image.Image, size: int) -> np.ndarray:
     """One image as (size, size, 3) float32 BGR in 0..255."""
-    image = to_rgb(image)
+    image = on_white(image)
     w, h = image.size
     side = max(w, h)
     square = Image.new("RGB", (side, side), (255, 255, 255))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from sdcallbacks.aggregation.records import ImageRecord, aggregate, record_scores, set_values
+from sdcallbacks.aggregation.records import ImageRecord, aggregate, set_values
 from sdcallbacks.config.loading import ConfigError, read_text
 from sdcallbacks.config.metrics import MetricsConfig
 from sdcallbacks.metrics import BackbonePool, ImageBatch, build_metrics
@@ -27,6 +27,7 @@ from sdcallbacks.metrics.checks import metric_path_problems
 from sdcallbacks.metrics.images import ImageFolder
 from sdcallbacks.prompts.library import ImageJob, PromptSpec
 from sdcallbacks.prompts.names import sanitize_name, unique_names
+from sdcallbacks.validation.scores import record_scores
 
 _SEED = re.compile(r"\bSeed:\s*(-?\d+)")
 

@@ -1,7 +1,7 @@
-"""``BackgroundJob``: one function run in a daemon thread, collected later in the caller's thread.
+"""``BackgroundTask``: one function run in a daemon thread, collected later in the caller's thread.
 
 Used for ``scoring.mode: async``: the training loop hands a validation's images over and goes on. The
-thread is a daemon so that a job stuck in an evaluator never keeps the interpreter from exiting; its
+thread is a daemon so that a job stuck in a backbone never keeps the interpreter from exiting; its
 exception is kept with its traceback and re-surfaces where the caller collects the job, in the training
 process's log.
 """
@@ -19,8 +19,8 @@ import torch
 T = TypeVar("T")
 
 
-class BackgroundJob(Generic[T]):
-    def __init__(self, fn: Callable[[], T], name: str = "sdcallbacks-job"):
+class BackgroundTask(Generic[T]):
+    def __init__(self, fn: Callable[[], T], name: str = "sdcallbacks-task"):
         self.name = name
         self.result: T | None = None
         self.error: BaseException | None = None

@@ -1,7 +1,9 @@
 """One decision per validation: the monitored value goes to the checkpoint keeper and to early stopping.
 
-Decisions are made once, on the main process, after the validation's aggregates are known; the callback
-broadcasts the resulting :class:`Decision` so every process acts on the same one.
+Decisions are made once, on the main process, from a finished
+:class:`~sdcallbacks.validation.ValidationResult` (its first variant; a baseline validation decides
+nothing); with several processes the execution strategy broadcasts the :class:`Decision` and this
+object's state, so every process acts on the same one.
 
 A validation that did not log the monitored key (its metric failed, or every image was skipped) is an
 error listing the keys it did log when ``early_stopping.strict`` is on (the default; Lightning's
@@ -19,6 +21,7 @@ from sdcallbacks.sampling.pipeline import TrainingModules
 from sdcallbacks.selection.checkpoint import ModelCheckpoint
 from sdcallbacks.selection.early_stopping import EarlyStopping, StoppingReason
 from sdcallbacks.selection.snapshots import WeightsSnapshot, load_weights
+from sdcallbacks.validation.result import ValidationResult
 
 logger = logging.getLogger("sdcallbacks")
 
@@ -68,13 +71,14 @@ class Selection:
         )
         self.strict = es.strict if es is not None else True
         self.restore_best_at_end = es.restore_best_at_end if es is not None else False
-        self.history: list[tuple[int, float]] = []  # (step, monitored value)
+        self.monitored: list[tuple[int, float]] = []  # (step, monitored value) of each decision
 
-    def decide(
-        self, step: int, values: dict[str, float], modules: TrainingModules | WeightsSnapshot
-    ) -> Decision:
-        if self.monitor is None:
+    def decide(self, result: ValidationResult, weights: TrainingModules | WeightsSnapshot) -> Decision:
+        """Keep ``weights`` if ``result`` is among the best, and say whether to stop."""
+        monitored = result.monitored
+        if self.monitor is None or monitored is None:
             return Decision()
+        step, values = result.step, monitored.values
         if self.monitor not in values:
             message = f"monitor {self.monitor!r} was not logged at step {step}; logged keys: {sorted(values)}"
             if self.strict:
@@ -82,10 +86,10 @@ class Selection:
             logger.warning("sdcallbacks: %s (early_stopping.strict is off: no check this time)", message)
             return Decision()
         score = float(values[self.monitor])
-        self.history.append((step, score))
+        self.monitored.append((step, score))
         new_best = False
         if self.checkpoint is not None:
-            new_best = self.checkpoint.update(score, step, modules)
+            new_best = self.checkpoint.update(score, step, weights)
             if new_best:
                 logger.info(
                     "sdcallbacks: new best %s = %.6g at step %d -> %s",
@@ -145,7 +149,7 @@ class Selection:
         return {
             "checkpoint": self.checkpoint.state_dict() if self.checkpoint else None,
             "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
-            "history": list(self.history),
+            "monitored": list(self.monitored),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -153,4 +157,4 @@ class Selection:
             self.checkpoint.load_state_dict(state["checkpoint"])
         if self.early_stopping and state.get("early_stopping"):
             self.early_stopping.load_state_dict(state["early_stopping"])
-        self.history = [tuple(item) for item in state.get("history", [])]
+        self.monitored = [tuple(item) for item in state.get("monitored", [])]

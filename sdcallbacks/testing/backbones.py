@@ -1,4 +1,4 @@
-"""Tiny evaluator files in the published formats, for the loaders of the real models.
+"""Tiny backbone files in the published formats, for the loaders of the real models.
 
 * ``clip/``: an open_clip ``local-dir`` folder (``open_clip_config.json`` + ``open_clip_model.safetensors``),
   the format of open_clip's hub repos, with QuickGELU like OpenAI's CLIP.
@@ -86,7 +86,7 @@ def write_facenet_weights(path: Path, seed: int = 0) -> Path:
     return path
 
 
-# -- ONNX evaluators: tiny graphs with the published input/output names and layouts ----------------
+# -- ONNX backbones: tiny graphs with the published input/output names and layouts ----------------
 
 
 def _save_onnx(nodes, inputs, outputs, initializers, path: Path) -> Path:

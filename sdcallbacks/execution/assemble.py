@@ -1,0 +1,88 @@
+"""A run config made into its working parts: the validation core and the runner around it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sdcallbacks.aggregation.composite import ScoreWeight
+from sdcallbacks.config.schema import RunConfig
+from sdcallbacks.execution.processes import Processes
+from sdcallbacks.execution.publish import Publisher
+from sdcallbacks.execution.runner import ValidationRunner
+from sdcallbacks.metrics import BackbonePool, Metric, build_metrics
+from sdcallbacks.metrics.loss import ValidationLoss
+from sdcallbacks.outputs.writer import OutputWriter
+from sdcallbacks.prompts.library import expand_jobs, load_prompts
+from sdcallbacks.selection.checks import check_config
+from sdcallbacks.selection.selection import Selection
+from sdcallbacks.trackers import TrackerLogger
+from sdcallbacks.trackers.logger import flatten
+from sdcallbacks.validation.core import Validation
+from sdcallbacks.weights import default_cache_dir
+
+
+def feature_cache_dir(config: RunConfig) -> Path | None:
+    """Where reference embeddings are cached on disk, or None when caching is off."""
+    if not config.metrics.cache_references:
+        return None
+    return config.metrics.cache_dir or default_cache_dir() / "features"
+
+
+def metrics_device(config: RunConfig, accelerator: Any = None) -> str:
+    return config.metrics.device or (str(accelerator.device) if accelerator is not None else "cpu")
+
+
+def build_validation(
+    config: RunConfig, metrics: list[Metric] | None = None, device: str = "cpu"
+) -> Validation:
+    """The validation core of ``config`` (its sampler is set once the modules are known). Raises a
+    :class:`~sdcallbacks.config.ConfigError` listing every problem of the config as a whole."""
+    if metrics is None:
+        metrics = build_metrics(
+            config.metrics.enabled(), device=device, pool=BackbonePool(feature_cache_dir(config))
+        )
+    check_config(config, metrics)  # a located config error now, not hours into training
+    specs = {key: spec for metric in metrics for key, spec in metric.key_specs().items()}
+    weights = {
+        key: ScoreWeight(term.weight, term.mode == "max" if term.mode else specs[key].higher_is_better)
+        for key, term in config.score_terms().items()
+    }
+    backbones = config.scoring.backbones or ("resident" if device.startswith("cpu") else "offload")
+    return Validation(
+        expand_jobs(load_prompts(config)),
+        metrics,
+        val_loss=ValidationLoss(config.metrics.val_loss) if config.metrics.val_loss else None,
+        ema=config.sampling.ema,
+        score_weights=weights,
+        on_error=config.on_error,
+        backbones=backbones,
+    )
+
+
+def build_runner(
+    config: RunConfig, accelerator: Any = None, metrics: list[Metric] | None = None
+) -> ValidationRunner:
+    device = metrics_device(config, accelerator)
+    validation = build_validation(config, metrics, device)
+    trackers = TrackerLogger(
+        accelerator,
+        config.trackers,
+        monitor=config.monitor,
+        mode=config.mode,
+        run_config=flatten(config.model_dump(mode="json")),
+        directory=str(config.output_dir),
+    )
+    publisher = Publisher(
+        OutputWriter(config.output_dir), trackers, validation.image_score_keys, images=config.trackers.images
+    )
+    return ValidationRunner(
+        validation,
+        Selection(config),
+        publisher,
+        Processes(accelerator),
+        mode=config.scoring.mode,
+        wait_s=config.scoring.wait_s,
+        on_error=config.on_error,
+        device=device,
+    )
