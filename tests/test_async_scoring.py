@@ -286,3 +286,31 @@ def test_a_stop_decision_collected_by_state_dict_reaches_the_loop_exactly_once(
     assert not cb.on_step_end(10).should_stop  # delivered once
     assert resumed.on_step_end(9).should_stop  # a run resumed from the saved state gets it too
     cb.on_train_end()
+
+
+def test_a_stop_decision_survives_the_failure_of_the_validation_that_collected_it(
+    tmp_path, tagger_dir, clip_tokenizer, caplog
+):
+    """The validation at step 8 first collects step 4's task, which decided to stop, and then fails while
+    sampling: the stop still reaches the loop, once."""
+    data = config(
+        tmp_path,
+        tagger_dir,
+        "async",
+        metrics={},
+        monitor="val/worsening/mean",
+        early_stopping={"patience": 1},
+        sampling={"baseline": False},
+        schedule={"every_n_steps": 2},
+    )
+    cb = ValidationCallback(validate_config(data), metrics=[Worsening()])
+    start(cb, tiny_lora_modules(clip_tokenizer))
+    assert not cb.on_step_end(2).should_stop  # the first validation: best so far
+    assert not cb.on_step_end(4).should_stop  # worse: patience 1 is spent, in the task now in flight
+    cb.validation.sampler.sample = lambda *a, **k: (_ for _ in ()).throw(OSError("disk on fire"))
+    with caplog.at_level(logging.ERROR, logger="sdcallbacks"):
+        control = cb.on_step_end(6)  # collects step 4's task first, then fails
+    assert "validation at step 6 failed" in caplog.text and cb.failed_validations == 1
+    assert control.should_stop and cb.stopping_reason == "patience_exhausted"
+    assert not cb.on_step_end(7).should_stop  # delivered once
+    cb.on_train_end()

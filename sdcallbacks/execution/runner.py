@@ -77,8 +77,10 @@ class ValidationRunner:
         return self.errors + getattr(self.scoring, "failures", 0)
 
     def run(self, step: int, baseline: bool = False) -> Decision | None:
-        """One validation at ``step`` on every process (all must call it); the decision to act on now, or
-        None when it failed (logged and counted; ``on_error: raise`` re-raises)."""
+        """One validation at ``step`` on every process (all must call it); the decision to act on now. A
+        failed one is logged and counted (``on_error: raise`` re-raises) and decides nothing itself; a
+        background decision collected before it failed is still handed over (one process) or travels with
+        the next broadcast (several)."""
         try:
             return self._run(step, baseline)
         except Exception:
@@ -90,7 +92,7 @@ class ValidationRunner:
                 step,
                 traceback.format_exc(),
             )
-            return None
+            return self.poll()  # an earlier background decision still reaches the loop (one process)
 
     def _run(self, step: int, baseline: bool) -> Decision:
         processes, validation = self.processes, self.validation
@@ -100,7 +102,6 @@ class ValidationRunner:
         if main:
             with processes.carried(failures):  # the previous task first: one in flight, decisions <= 1 late
                 self.scoring.collect(wait=True)
-                decision = self.scoring.take()
         waited = time.perf_counter() - started
         meter = MemoryMeter(validation.sampler.device)
         meter.start()
@@ -119,7 +120,9 @@ class ValidationRunner:
                 now = self.scoring.handle(
                     step, drawn, baseline, weights, meter, blocked_since=started, waited=waited
                 )
-                decision = merged(decision, now)
+                # Taken only now: when this validation fails, the previous task's decision stays
+                # undelivered and reaches the loop next (never lost with the failed validation).
+                decision = merged(self.scoring.take(), now)
         # Decided once, on the main process; every process gets the same answer and the same bookkeeping
         # (best path and score, patience), so each can act on it.
         failure = failures[0] if failures else None
