@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""DreamBooth LoRA fine-tuning of Stable Diffusion (accelerate + peft), watched by sdcallbacks.
+"""DreamBooth LoRA fine-tuning of SD 1.x/2.x or SDXL (accelerate + peft), watched by sdcallbacks.
 
     accelerate launch examples/train_dreambooth_lora.py \\
         --pretrained_model stable-diffusion-v1-5/stable-diffusion-v1-5 \\
@@ -7,6 +7,10 @@
         --callback_config configs/dreambooth_face.yaml --output_dir outputs/person
 
     python examples/train_dreambooth_lora.py --tiny_world   # offline, on the tiny world, in minutes
+    python examples/train_dreambooth_lora.py --tiny_world --family sdxl --max_train_steps 20
+
+``--family sdxl`` trains an SDXL UNet LoRA as diffusers' ``train_dreambooth_lora_sdxl.py`` does: both text
+encoders' penultimate hidden states, the second's pooled projection and the size/crop ``time_ids``.
 
 The five sdcallbacks lines are marked ``# sdcallbacks``: build the callback, hand it the modules, call it
 after each optimizer step (and stop when it says so), and tell it when training ends. It validates every
@@ -27,7 +31,13 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from diffusers.utils import convert_state_dict_to_diffusers
@@ -35,7 +45,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
 from torchvision import transforms
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from sdcallbacks import ValidationCallback
 from sdcallbacks.config.loading import read_mapping, validate_config
@@ -48,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="stable-diffusion-v1-5/stable-diffusion-v1-5",
         help="hub id or local diffusers pipeline folder",
     )
+    p.add_argument("--family", choices=["sd15", "sdxl"], default="sd15", help="the model family")
     p.add_argument("--instance_data_dir", type=Path, help="training images (+ optional metadata.jsonl)")
     p.add_argument("--instance_prompt", default=None, help="caption of every image without metadata.jsonl")
     p.add_argument("--callback_config", type=Path, default=Path("configs/dreambooth_face.yaml"))
@@ -80,12 +91,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def use_tiny_world(args: argparse.Namespace) -> None:
     """Point every path at the tiny world (built, or taken from the cache) and shrink the run to match."""
+    from sdcallbacks.testing.families import family_pipeline
     from sdcallbacks.testing.world import build_tiny_world
 
     world = build_tiny_world()
     os.environ["SDCALLBACKS_TINY_WORLD"] = str(world.root)  # configs/tiny.yaml refers to it
     os.environ.setdefault("WANDB_MODE", "offline")
-    args.pretrained_model = str(world.pipeline_dir)
+    args.pretrained_model = str(family_pipeline(args.family, world))
     args.instance_data_dir = world.concept_dir
     args.callback_config = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
     args.resolution, args.train_batch_size, args.learning_rate, args.rank = 32, 8, 3e-3, 8
@@ -93,9 +105,11 @@ def use_tiny_world(args: argparse.Namespace) -> None:
 
 class DreamBoothDataset(torch.utils.data.Dataset):
     """Images of the instance, each with its caption: from ``metadata.jsonl`` (``file_name``, ``text``, the
-    Hugging Face imagefolder layout) when present, otherwise ``instance_prompt``."""
+    Hugging Face imagefolder layout) when present, otherwise ``instance_prompt``. Each item carries the
+    caption's token ids for every tokenizer and SDXL's ``time_ids``: the original size (h, w), the crop's
+    top-left corner (y, x) and the target size, as ``train_dreambooth_lora_sdxl.py`` computes them."""
 
-    def __init__(self, folder: Path, instance_prompt: str | None, tokenizer, resolution: int):
+    def __init__(self, folder: Path, instance_prompt: str | None, tokenizers: list, resolution: int):
         metadata = folder / "metadata.jsonl"
         if metadata.is_file():
             rows = [json.loads(line) for line in metadata.read_text(encoding="utf-8").splitlines() if line]
@@ -109,29 +123,49 @@ class DreamBoothDataset(torch.utils.data.Dataset):
             ]
         if not self.items:
             raise SystemExit(f"no training images in {folder}")
-        self.tokenizer = tokenizer
-        self.transform = transforms.Compose(
-            [
-                transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
-                transforms.CenterCrop(resolution),
-                transforms.ToTensor(),
-                transforms.Normalize([0.5], [0.5]),
-            ]
-        )
+        self.tokenizers = tokenizers
+        self.resolution = resolution
+        self.resize = transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR)
+        self.crop = transforms.CenterCrop(resolution)
+        self.to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         path, caption = self.items[index]
-        ids = self.tokenizer(
-            caption,
-            padding="max_length",
-            truncation=True,
-            max_length=self.tokenizer.model_max_length,
-            return_tensors="pt",
-        ).input_ids[0]
-        return {"pixel_values": self.transform(Image.open(path).convert("RGB")), "input_ids": ids}
+        image = Image.open(path).convert("RGB")
+        original_size = (image.height, image.width)
+        image = self.resize(image)
+        top = max(0, round((image.height - self.resolution) / 2.0))
+        left = max(0, round((image.width - self.resolution) / 2.0))
+        item = {
+            "pixel_values": self.to_tensor(self.crop(image)),
+            "time_ids": torch.tensor([*original_size, top, left, self.resolution, self.resolution]),
+        }
+        for i, tokenizer in enumerate(self.tokenizers):
+            item[f"input_ids_{i}"] = tokenizer(
+                caption,
+                padding="max_length",
+                truncation=True,
+                max_length=tokenizer.model_max_length,
+                return_tensors="pt",
+            ).input_ids[0]
+        return item
+
+
+def encode_prompt(text_encoders: list, batch: dict[str, torch.Tensor], dtype: torch.dtype):
+    """The UNet's text conditioning: SD 1.x/2.x the last hidden state; SDXL both encoders' penultimate
+    hidden states side by side and ``added_cond_kwargs`` (the second encoder's pooled projection and the
+    time ids)."""
+    if len(text_encoders) == 1:
+        return text_encoders[0](batch["input_ids_0"])[0], None
+    hidden = []
+    for i, encoder in enumerate(text_encoders):
+        out = encoder(batch[f"input_ids_{i}"], output_hidden_states=True)
+        hidden.append(out.hidden_states[-2])
+        pooled = out[0]  # the last encoder's pooled projection
+    return torch.cat(hidden, dim=-1), {"text_embeds": pooled, "time_ids": batch["time_ids"].to(dtype)}
 
 
 def callback_config(args: argparse.Namespace):
@@ -158,15 +192,19 @@ def main(argv: list[str] | None = None) -> ValidationCallback:
 
     # The base model; only the LoRA layers train. Frozen weights may be half precision, the LoRA stays fp32.
     base = args.pretrained_model
-    tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
-    text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
+    sdxl = args.family == "sdxl"
+    tokenizers = [CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")]
+    text_encoders = [CLIPTextModel.from_pretrained(base, subfolder="text_encoder")]
+    if sdxl:
+        tokenizers.append(CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2"))
+        text_encoders.append(CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2"))
     vae = AutoencoderKL.from_pretrained(base, subfolder="vae")
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
     noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
     )
-    for module in (unet, vae, text_encoder):
+    for module in (unet, vae, *text_encoders):
         module.requires_grad_(False)
         module.to(accelerator.device, dtype=weight_dtype)
     unet.add_adapter(
@@ -179,7 +217,7 @@ def main(argv: list[str] | None = None) -> ValidationCallback:
     )
     cast_training_params(unet, dtype=torch.float32)
 
-    dataset = DreamBoothDataset(args.instance_data_dir, args.instance_prompt, tokenizer, args.resolution)
+    dataset = DreamBoothDataset(args.instance_data_dir, args.instance_prompt, tokenizers, args.resolution)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=False
     )
@@ -201,9 +239,11 @@ def main(argv: list[str] | None = None) -> ValidationCallback:
     callback.on_train_start(
         unet=unet,
         vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,  # sdcallbacks
+        text_encoder=text_encoders[0],
+        tokenizer=tokenizers[0],  # sdcallbacks
         noise_scheduler=noise_scheduler,
+        text_encoder_2=text_encoders[1] if sdxl else None,
+        tokenizer_2=tokenizers[1] if sdxl else None,
         global_step=global_step,
         steps_per_epoch=steps_per_epoch,
     )
@@ -220,8 +260,8 @@ def main(argv: list[str] | None = None) -> ValidationCallback:
                     0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
                 )
                 noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-                hidden = text_encoder(batch["input_ids"])[0]
-                prediction = unet(noisy, timesteps, hidden).sample
+                hidden, added = encode_prompt(text_encoders, batch, weight_dtype)
+                prediction = unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
                 loss = F.mse_loss(prediction.float(), noise.float())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -245,9 +285,8 @@ def main(argv: list[str] | None = None) -> ValidationCallback:
     callback.on_train_end(global_step)  # sdcallbacks: last validation; best weights back if configured
     if accelerator.is_main_process:
         lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(accelerator.unwrap_model(unet)))
-        StableDiffusionPipeline.save_lora_weights(
-            args.output_dir, unet_lora_layers=lora, safe_serialization=True
-        )
+        pipeline_class = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+        pipeline_class.save_lora_weights(args.output_dir, unet_lora_layers=lora, safe_serialization=True)
         print(
             f"LoRA saved to {args.output_dir}; best step {callback.best_step} "
             f"({callback.config.monitor} = {callback.best_model_score}) at {callback.best_model_path}; "

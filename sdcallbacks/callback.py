@@ -29,10 +29,10 @@ import torch
 from sdcallbacks.config.loading import ConfigError, load_config, validate_config
 from sdcallbacks.config.schema import RunConfig
 from sdcallbacks.control import Control
-from sdcallbacks.execution.assemble import build_runner
+from sdcallbacks.execution.assemble import build_runner, build_sampler
 from sdcallbacks.metrics import Metric
+from sdcallbacks.sampling.families import resolve_family
 from sdcallbacks.sampling.pipeline import TrainingModules
-from sdcallbacks.sampling.sampler import ValidationSampler
 from sdcallbacks.sampling.schedule import ValidationSchedule
 
 _CONTINUE = Control()
@@ -69,31 +69,30 @@ class ValidationCallback:
     def on_train_start(
         self,
         *,
-        unet: torch.nn.Module,
-        vae: torch.nn.Module,
-        text_encoder: torch.nn.Module,
-        tokenizer: Any,
-        noise_scheduler: Any,
+        unet: torch.nn.Module | None = None,
+        vae: torch.nn.Module | None = None,
+        text_encoder: torch.nn.Module | None = None,
+        tokenizer: Any = None,
+        noise_scheduler: Any = None,
         text_encoder_2: torch.nn.Module | None = None,
         tokenizer_2: Any = None,
         ema_unet: Any = None,
+        components: dict[str, Any] | None = None,
         global_step: int = 0,
         steps_per_epoch: float | None = None,
     ) -> Control:
-        """Register the training modules; run the baseline validation unless it already ran."""
-        modules = TrainingModules(
-            unet, vae, text_encoder, tokenizer, noise_scheduler, text_encoder_2, tokenizer_2, ema_unet
-        )
-        self.validation.use(
-            ValidationSampler(
-                modules,
-                scheduler=self.config.sampling.scheduler,
-                batch_size=self.config.sampling.batch_size,
-                device=self.accelerator.device if self.accelerator is not None else None,
-                mixed_precision=str(getattr(self.accelerator, "mixed_precision", "no") or "no"),
-            ),
-            source=self.config.source,
-        )
+        """Register the training modules, by name or as a diffusers pipeline's ``components`` (names win);
+        run the baseline validation unless it already ran. The model family (``sampling.family``) is told
+        from the modules; modules of two families are an error here, before training."""
+        named = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer}
+        named |= {
+            "noise_scheduler": noise_scheduler,
+            "text_encoder_2": text_encoder_2,
+            "tokenizer_2": tokenizer_2,
+        }
+        modules = TrainingModules.from_components(components, **named, ema_unet=ema_unet)
+        resolve_family(modules, self.config.sampling.family)
+        self.validation.use(build_sampler(self.config, modules, self.accelerator))
         self.schedule.start(global_step, steps_per_epoch)
         problem = self.runner.claim_output_dir(
             resumed=self._resumed or global_step > 0, overwrite=self.config.overwrite_output_dir

@@ -26,6 +26,24 @@ class MeanBrightness(ImageMetric):
         }
 
 
+class Scripted(ImageMetric):
+    """Scores every image of a validation with the next of ``values``: the test decides which step is best."""
+
+    name = "scripted"
+    higher_is_better = True
+    config_class = MetricConfig
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = list(values)
+
+    def load(self) -> None:
+        pass
+
+    def compute(self, batch):
+        return {self.name: [self.values.pop(0)] * len(batch)}
+
+
 def start(callback, modules, step: int = 0):
     """``on_train_start`` with every module of a :class:`TrainingModules`."""
     return callback.on_train_start(**vars(modules), global_step=step)

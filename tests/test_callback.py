@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 import pytest
 from PIL import Image
@@ -163,6 +164,28 @@ def test_state_dict_round_trip_resumes_bookkeeping(tmp_path, tagger_dir, tiny_mo
     assert resumed.best_step == cb.best_step and resumed.best_model_score == cb.best_model_score
     assert resumed.selection.state_dict() == cb.selection.state_dict()
     assert resumed.on_step_end(4).should_validate
+
+
+def test_a_state_saved_before_the_core_split_still_resumes(tmp_path, tagger_dir, tiny_modules):
+    """The state layout of the release before the validation core (flat ``undelivered``, baseline records
+    by variant with ``baseline_sets``, the selection's ``history``) loads into the same bookkeeping."""
+    cfg = config(tmp_path, tagger_dir, early_stopping={"patience": 5})
+    cb = ValidationCallback.from_config(cfg)
+    start(cb, tiny_modules)
+    cb.on_step_end(2)
+    new = json.loads(json.dumps(cb.state_dict()))
+    selection = {**new["selection"], "history": new["selection"].pop("monitored")}
+    old = {
+        "undelivered": None,
+        "schedule": new["schedule"],
+        "baseline": new["baseline"]["records"],
+        "baseline_sets": new["baseline"]["sets"],
+        "selection": selection,
+        "failed_validations": new["failed_validations"],
+    }
+    resumed = ValidationCallback.from_config(cfg)
+    resumed.load_state_dict(old)
+    assert json.loads(json.dumps(resumed.state_dict())) == json.loads(json.dumps(cb.state_dict()))
 
 
 def test_torn_last_line_is_ignored_but_corruption_elsewhere_is_reported(tmp_path):
@@ -354,7 +377,7 @@ def test_ema_both_validates_the_trained_and_the_ema_weights_and_decides_on_the_f
     np.testing.assert_array_equal(np.stack([np.asarray(im) for im in redrawn]), ema_images)
 
 
-def test_val_loss_with_sdxl_modules_is_a_config_error_before_training(tmp_path, tagger_dir, clip_tokenizer):
+def test_val_loss_runs_on_sdxl_modules_in_a_validation(tmp_path, tagger_dir, clip_tokenizer):
     from sdcallbacks.testing.modules import tiny_sdxl_modules
 
     held_out = tmp_path / "held_out"
@@ -366,6 +389,9 @@ def test_val_loss_with_sdxl_modules_is_a_config_error_before_training(tmp_path, 
         "val_loss": {"data": str(held_out), "resolution": 32},
     }
     cb = ValidationCallback.from_config(config(tmp_path, tagger_dir, metrics=metrics))
-    with pytest.raises(ConfigError, match=r"metrics\.val_loss: supports SD 1\.x/2\.x UNets only"):
-        start(cb, tiny_sdxl_modules(clip_tokenizer))
-    assert not (tmp_path / "out" / "metrics.jsonl").exists()  # nothing ran
+    start(cb, tiny_sdxl_modules(clip_tokenizer))
+    cb.on_step_end(2)
+    rows = [r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if r["type"] == "aggregate"]
+    assert [r["variant"] for r in rows] == ["base", "model"]
+    assert all(math.isfinite(r["values"]["val/val_loss"]) for r in rows)
+    assert "val/val_loss/delta" in rows[1]["values"] and "val/val_loss/t200" in rows[1]["values"]

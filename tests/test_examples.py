@@ -126,3 +126,27 @@ def test_dreambooth_example_trains_validates_and_resumes_on_the_tiny_world(tiny_
     ]
     best = list((out / "validation" / "checkpoints").glob("step_*/pytorch_lora_weights.safetensors"))
     assert len(best) == 1
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_the_example_runs_offline_for_each_family_and_its_best_lora_loads(family, tiny_world, tmp_path):
+    """Issue 13's line, ``--tiny_world --family F --max_train_steps 20``: the baseline and a later
+    validation, metrics.jsonl, a best checkpoint whose printed path a fresh pipeline of the family loads."""
+    import re
+
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from sdcallbacks.testing.families import family_pipeline
+
+    out = tmp_path / family
+    done = run_example(
+        "--family", family, "--max_train_steps", "20", "--output_dir", str(out), "--report_to", "none"
+    )
+    aggregates = [r for r in read_metrics(out / "validation" / "metrics.jsonl") if r["type"] == "aggregate"]
+    assert [(a["step"], a["variant"]) for a in aggregates] == [(0, "base"), (20, "model")]
+    best = Path(re.search(r"at (\S+); stopping reason", done.stdout).group(1))
+    assert best.parent == out / "validation" / "checkpoints"
+    pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    pipe = pipeline_class.from_pretrained(family_pipeline(family, tiny_world))
+    pipe.load_lora_weights(best)
+    assert any("lora" in name for name, _ in pipe.unet.named_parameters())

@@ -242,3 +242,17 @@ def test_sdxl_modules_sample_through_diffusers_sdxl_pipeline_with_both_text_enco
             param.mul_(1.5)
     changed = pixels(ValidationSampler(m, batch_size=2).sample(jobs[:2]))
     assert not np.array_equal(images, changed)
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_is_warned_once(tiny_modules, caplog):
+    import logging
+
+    long = ", ".join(f"tag{i}" for i in range(60))  # well over 77 CLIP tokens
+    defaults = PromptDefaults(num_images=2, width=32, height=32, steps=1, guidance_scale=1.0)
+    jobs = expand_jobs(resolve_prompts([PromptEntry(prompt=long), PromptEntry(prompt="short")], defaults, 0))
+    sampler = ValidationSampler(tiny_modules, batch_size=2)
+    with caplog.at_level(logging.WARNING, logger="sdcallbacks"):
+        sampler.sample(jobs)
+        sampler.sample(jobs)  # the next validation: already warned
+    warnings = [r.getMessage() for r in caplog.records if "text encoder reads 77" in r.getMessage()]
+    assert len(warnings) == 1 and "tag0, tag1" in warnings[0]

@@ -15,12 +15,12 @@ from sdcallbacks import ValidationCallback
 from sdcallbacks.aggregation.composite import ScoreWeight, composite_score
 from sdcallbacks.aggregation.records import ImageRecord
 from sdcallbacks.cli import main as cli
-from sdcallbacks.config import ConfigError, MetricConfig, validate_config
-from sdcallbacks.metrics import ImageMetric
+from sdcallbacks.config import ConfigError, validate_config
 from sdcallbacks.sampling.pipeline import TrainingModules, build_pipeline
 from sdcallbacks.sampling.sampler import ValidationSampler
 from sdcallbacks.selection import ModelCheckpoint
 from sdcallbacks.selection import checkpoint as checkpoint_module
+from tests.helpers import Scripted
 
 NAN = math.nan
 
@@ -191,24 +191,6 @@ def test_set_metric_cannot_be_standardised(tmp_path, tagger_dir, backbones):
 
 
 # -- the best LoRA on disk ---------------------------------------------------------------------------------
-
-
-class Scripted(ImageMetric):
-    """Scores every image of a validation with the next of ``values``: the test decides which step is best."""
-
-    name = "scripted"
-    higher_is_better = True
-    config_class = MetricConfig
-
-    def __init__(self, values):
-        super().__init__()
-        self.values = list(values)
-
-    def load(self) -> None:
-        pass
-
-    def compute(self, batch):
-        return {self.name: [self.values.pop(0)] * len(batch)}
 
 
 def _lora_values(unet) -> dict[str, torch.Tensor]:

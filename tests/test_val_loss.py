@@ -103,3 +103,81 @@ def test_held_out_images_are_prepared_like_diffusers_dreambooth_training_images(
     expected = np.asarray(resized.crop((left, 0, left + size, size)), dtype=np.float32) / 255.0 * 2 - 1
     got = to_pixels(image, size).permute(1, 2, 0).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def hand_computed_loss(pipe, images, captions, resolution, timesteps, seed=0, sdxl=False) -> float:
+    """The loss re-derived with diffusers' own pipeline pieces: ``encode_prompt`` for the conditioning, the
+    VAE's latent mean, noise from ``seed + image index``, ``add_noise``, the UNet, mean squared error."""
+    from sdcallbacks.metrics.loss.val_loss import to_pixels
+
+    unet, vae, scheduler = pipe.unet, pipe.vae, pipe.scheduler
+    losses = []
+    with torch.no_grad():
+        for i, (image, caption) in enumerate(zip(images, captions)):
+            latents = (
+                vae.encode(to_pixels(image, resolution)[None]).latent_dist.mean * vae.config.scaling_factor
+            )
+            noise = torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(seed + i))[None]
+            if sdxl:
+                context, _, pooled, _ = pipe.encode_prompt(caption, do_classifier_free_guidance=False)
+                h, w = image.height, image.width  # the original size, before the resize
+                short = min(h, w)
+                rh, rw = (
+                    (resolution, int(resolution * w / h))
+                    if h == short
+                    else (int(resolution * h / w), resolution)
+                )
+                time_ids = torch.tensor(
+                    [
+                        [
+                            h,
+                            w,
+                            round((rh - resolution) / 2),
+                            round((rw - resolution) / 2),
+                            resolution,
+                            resolution,
+                        ]
+                    ],
+                    dtype=context.dtype,
+                )
+                added = {"text_embeds": pooled, "time_ids": time_ids}
+            else:
+                context, _ = pipe.encode_prompt(caption, "cpu", 1, do_classifier_free_guidance=False)
+                added = None
+            for t in timesteps:
+                step = torch.tensor([t])
+                noisy = scheduler.add_noise(latents, noise, step)
+                prediction = unet(noisy, step, context, added_cond_kwargs=added).sample
+                losses.append(float(((prediction - noise) ** 2).mean()))
+    return float(np.mean(losses))
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_val_loss_equals_a_hand_computed_loss(family, tiny_modules, clip_tokenizer, tmp_path):
+    """One image wider than tall (so SDXL's crop corner is not 0), two timesteps."""
+    import diffusers
+    from PIL import Image
+
+    from sdcallbacks.testing.modules import tiny_sdxl_modules
+
+    rng = np.random.default_rng(4)
+    image = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    image.save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("a red square", encoding="utf-8")
+    modules = tiny_sdxl_modules(clip_tokenizer) if family == "sdxl" else tiny_modules
+    for module in modules.torch_modules():
+        module.eval()
+    config = ValLossConfig(data=tmp_path, resolution=32, timesteps=[300, 700], seed=5)
+    got = ValidationLoss(config).evaluate(modules)["val_loss"]
+    names = ["vae", "text_encoder", "tokenizer", "unet"]
+    if family == "sdxl":
+        names += ["text_encoder_2", "tokenizer_2"]
+        pipe_cls, extra = diffusers.StableDiffusionXLPipeline, {}
+    else:
+        pipe_cls = diffusers.StableDiffusionPipeline
+        extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    pipe = pipe_cls(**{n: getattr(modules, n) for n in names}, scheduler=modules.noise_scheduler, **extra)
+    expected = hand_computed_loss(
+        pipe, [image], ["a red square"], 32, [300, 700], seed=5, sdxl=family == "sdxl"
+    )
+    assert got == pytest.approx(expected, rel=1e-5)

@@ -58,6 +58,9 @@ class PromptEntry(StrictModel):
 class SamplingConfig(StrictModel):
     """How validation images are drawn from the live training modules."""
 
+    family: Literal["auto", "sd", "sdxl"] = Field(
+        "auto", description="The model family; auto: told from the modules given to on_train_start."
+    )
     scheduler: Literal["ddim", "euler", "euler_a", "dpm++", "pndm", "training"] = "ddim"
     batch_size: PositiveInt = 4
     ema: Literal["none", "ema", "both"] = "none"

@@ -14,6 +14,8 @@ from sdcallbacks.metrics import BackbonePool, Metric, build_metrics
 from sdcallbacks.metrics.loss import ValidationLoss
 from sdcallbacks.outputs.writer import OutputWriter
 from sdcallbacks.prompts.library import expand_jobs, load_prompts
+from sdcallbacks.sampling.pipeline import TrainingModules
+from sdcallbacks.sampling.sampler import ValidationSampler
 from sdcallbacks.selection.checks import check_config
 from sdcallbacks.selection.selection import Selection
 from sdcallbacks.trackers import TrackerLogger
@@ -57,6 +59,17 @@ def build_validation(
         score_weights=weights,
         on_error=config.on_error,
         backbones=backbones,
+    )
+
+
+def build_sampler(config: RunConfig, modules: TrainingModules, accelerator: Any = None) -> ValidationSampler:
+    """The sampler of ``config`` over ``modules``, on the accelerator's device and mixed precision."""
+    return ValidationSampler(
+        modules,
+        scheduler=config.sampling.scheduler,
+        batch_size=config.sampling.batch_size,
+        device=accelerator.device if accelerator is not None else None,
+        mixed_precision=str(getattr(accelerator, "mixed_precision", "no") or "no"),
     )
 
 

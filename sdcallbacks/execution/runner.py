@@ -206,7 +206,11 @@ class ValidationRunner:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.scoring.load_state_dict(state["scoring"])
-        self.validation.baseline.load_state_dict(state["baseline"])
+        baseline, scoring = state["baseline"], state.get("scoring")
+        if scoring is None:  # saved before the core was split out: flat keys, baseline records by variant
+            scoring = {"undelivered": state.get("undelivered")}
+            baseline = {"records": baseline, "sets": state.get("baseline_sets", {})}
+        self.scoring.load_state_dict(scoring)
+        self.validation.baseline.load_state_dict(baseline)
         self.selection.load_state_dict(state["selection"])
         self.errors = state["failed_validations"]

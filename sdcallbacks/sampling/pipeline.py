@@ -7,6 +7,8 @@ from the training scheduler's config, because ``set_timesteps`` mutates the sche
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,10 @@ SCHEDULERS = {
 SCHEDULER_OPTIONS: dict[str, dict[str, object]] = {"pndm": {"skip_prk_steps": True}}
 
 
+REQUIRED = ("unet", "vae", "text_encoder", "tokenizer", "noise_scheduler")
+UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
+
+
 @dataclass
 class TrainingModules:
     """The modules a run trains or uses, registered once with ``on_train_start``."""
@@ -36,6 +42,24 @@ class TrainingModules:
     text_encoder_2: torch.nn.Module | None = None
     tokenizer_2: Any = None
     ema_unet: Any = None  # diffusers.training_utils.EMAModel of the UNet's parameters
+
+    @classmethod
+    def from_components(cls, components: Mapping[str, Any] | None = None, **named: Any) -> TrainingModules:
+        """From a diffusers pipeline's ``components`` dict (its ``scheduler`` is the noise scheduler) and
+        modules given by name, which take precedence. Components no validation uses (safety checker,
+        feature extractor, image encoder) are ignored; a missing module or an unknown name is an error."""
+        given = {("noise_scheduler" if k == "scheduler" else k): v for k, v in (components or {}).items()}
+        given.update({k: v for k, v in named.items() if v is not None})
+        for unused in UNUSED_COMPONENTS:
+            given.pop(unused, None)
+        fields = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(given) - set(fields))
+        if unknown:
+            raise TypeError(f"unknown module name(s) {unknown}; expected some of {fields}")
+        missing = [name for name in REQUIRED if given.get(name) is None]
+        if missing:
+            raise TypeError(f"missing module(s) {missing}: pass them by name or in components")
+        return cls(**given)
 
     @property
     def is_sdxl(self) -> bool:

@@ -15,6 +15,7 @@ Guarantees, each covered by a test:
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Sequence
 from itertools import groupby
 
@@ -26,6 +27,8 @@ from sdcallbacks.sampling.modes import eval_mode
 from sdcallbacks.sampling.pipeline import TrainingModules, build_pipeline, unwrap
 from sdcallbacks.sampling.rng import isolated_rng
 from sdcallbacks.sampling.variants import Variant, variant_weights
+
+logger = logging.getLogger("sdcallbacks")
 
 
 def autocast_for(device: torch.device, mixed_precision: str) -> contextlib.AbstractContextManager:
@@ -60,6 +63,26 @@ class ValidationSampler:
             torch.device(device) if device is not None else next(unwrap(modules.unet).parameters()).device
         )
         self.mixed_precision = mixed_precision
+        self.truncated: set[str] = set()  # prompts already warned about
+
+    def warn_if_truncated(self, jobs: Sequence[ImageJob]) -> None:
+        """Warn once per prompt (and negative prompt) longer than a text encoder reads: the pipeline cuts
+        it at ``model_max_length`` tokens, so the images follow only its start."""
+        texts = dict.fromkeys(t for job in jobs for t in (job.prompt.prompt, job.prompt.negative_prompt) if t)
+        for text in texts.keys() - self.truncated:
+            for tokenizer in (t for t in (self.modules.tokenizer, self.modules.tokenizer_2) if t is not None):
+                limit = tokenizer.model_max_length
+                count = len(tokenizer(text, truncation=False).input_ids)
+                if count > limit:
+                    self.truncated.add(text)
+                    logger.warning(
+                        "sdcallbacks: a validation prompt has %d tokens; the text encoder reads %d, so the "
+                        "images follow only its start: %r",
+                        count,
+                        limit,
+                        text[:120],
+                    )
+                    break
 
     def variant_weights(self, variant: Variant) -> contextlib.AbstractContextManager:
         return variant_weights(self.modules, variant)
@@ -68,6 +91,7 @@ class ValidationSampler:
         """One PIL image per job, in the order of ``jobs``."""
         if not jobs:
             return []
+        self.warn_if_truncated(jobs)
         cuda_devices = [self.device.index or 0] if self.device.type == "cuda" else []
         images: list[Image.Image] = []
         with (

@@ -157,4 +157,5 @@ class Selection:
             self.checkpoint.load_state_dict(state["checkpoint"])
         if self.early_stopping and state.get("early_stopping"):
             self.early_stopping.load_state_dict(state["early_stopping"])
-        self.monitored = [tuple(item) for item in state.get("monitored", [])]
+        monitored = state.get("monitored", state.get("history", []))  # "history" before 0.1's renames
+        self.monitored = [tuple(item) for item in monitored]

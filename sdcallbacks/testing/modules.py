@@ -43,9 +43,10 @@ def perturb_lora(modules: TrainingModules, step: int, scale: float = 0.2) -> Non
                 param.add_(scale * torch.randn(param.shape, generator=generator))
 
 
-def tiny_sdxl_modules(tokenizer: Any, seed: int = 0) -> TrainingModules:
+def tiny_sdxl_modules(tokenizer: Any, seed: int = 0, lora: bool = True) -> TrainingModules:
     """Random-weight tiny SDXL modules: two text encoders (the second with a projection, whose pooled
-    output and the six ``add_time_ids`` condition the UNet's ``text_time`` embedding), a LoRA on the UNet."""
+    output and the six ``add_time_ids`` condition the UNet's ``text_time`` embedding), a LoRA on the UNet
+    unless ``lora`` is off."""
     from peft import LoraConfig
     from transformers import CLIPTextModelWithProjection
 
@@ -62,9 +63,9 @@ def tiny_sdxl_modules(tokenizer: Any, seed: int = 0) -> TrainingModules:
         addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=32 + 6 * 8,  # pooled text + six time ids
     )
-    unet.add_adapter(
-        LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v"])
-    )
+    if lora:
+        targets = ["to_q", "to_k", "to_v"]
+        unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=targets))
     return TrainingModules(
         unet=unet,
         vae=pretrain.tiny_vae(),

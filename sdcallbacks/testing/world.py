@@ -164,6 +164,33 @@ def _build(root: Path, recipe: WorldRecipe, progress: Progress) -> None:
     )
 
 
+def staged_build(root: Path, build: Callable[[Path], None], progress: Progress, what: str) -> Path:
+    """``root``, built first unless its ``READY.json`` is there: ``build`` fills a staging folder of the
+    same cache (writing ``READY.json`` last), which is then renamed into place, so an interrupted build
+    leaves nothing half-written and concurrent builders do not collide."""
+    if (root / "READY.json").is_file():
+        return root
+    cache = root.parent
+    cache.mkdir(parents=True, exist_ok=True)
+    for stale in remove_stale_builds(cache):
+        progress(f"sdcallbacks: removed {stale}, left by a build that was killed")
+    progress(f"sdcallbacks: building {what}")
+    staging = cache / f".building-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        build(staging)
+        try:
+            os.replace(staging, root)
+        except OSError:
+            if not (root / "READY.json").is_file():  # a concurrent builder won the race otherwise
+                shutil.rmtree(root, ignore_errors=True)
+                os.replace(staging, root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    progress(f"sdcallbacks: ready at {root}")
+    return root
+
+
 STALE_BUILD_S = 24 * 3600  # a build takes minutes: a staging folder this old belongs to a killed process
 
 
@@ -193,23 +220,10 @@ def build_tiny_world(
     if recipe != WorldRecipe():
         suffix = "-" + hashlib.sha256(json.dumps(recipe.__dict__, sort_keys=True).encode()).hexdigest()[:10]
     root = cache / f"tiny-world-v{WORLD_VERSION}{suffix}"
-    if (root / "READY.json").is_file():
-        return TinyWorld(root)
-    cache.mkdir(parents=True, exist_ok=True)
-    for stale in remove_stale_builds(cache):
-        progress(f"sdcallbacks: removed {stale}, left by a build that was killed")
-    progress(f"sdcallbacks: building the tiny world in {root} (once; a few minutes on 2 CPU cores)")
-    staging = cache / f".building-{uuid.uuid4().hex}"
-    staging.mkdir()
-    try:
-        _build(staging, recipe, progress)
-        try:
-            os.replace(staging, root)
-        except OSError:
-            if not (root / "READY.json").is_file():  # a concurrent builder won the race otherwise
-                shutil.rmtree(root, ignore_errors=True)
-                os.replace(staging, root)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    progress(f"sdcallbacks: tiny world ready at {root}")
+    staged_build(
+        root,
+        lambda staging: _build(staging, recipe, progress),
+        progress,
+        f"the tiny world in {root} (once; a few minutes on 2 CPU cores)",
+    )
     return TinyWorld(root)

@@ -27,13 +27,11 @@ import logging
 import time
 import traceback
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from sdcallbacks.aggregation.composite import ScoreWeight, composite_score
 from sdcallbacks.aggregation.keys import variant_prefix
 from sdcallbacks.aggregation.records import ImageRecord, aggregate, set_values
-from sdcallbacks.config.loading import ConfigError
 from sdcallbacks.metrics import BackbonePool, ImageBatch, ImageMetric, KeySpec, Metric
 from sdcallbacks.metrics.loss import ValidationLoss
 from sdcallbacks.prompts.library import ImageJob, PromptSpec, expand_jobs
@@ -85,19 +83,8 @@ class Validation:
         self.baseline = Baseline()
         self.key_specs: dict[str, KeySpec] = {k: v for m in self.metrics for k, v in m.key_specs().items()}
 
-    def use(self, sampler: ValidationSampler, source: Path | None = None) -> None:
-        """Draw from ``sampler``'s modules from now on. A combination the core cannot validate is a config
-        error (naming ``source``, the config file) now, before training starts, not at the first
-        validation."""
-        if self.val_loss is not None and sampler.modules.is_sdxl:
-            raise ConfigError(
-                source,
-                [
-                    "metrics.val_loss: supports SD 1.x/2.x UNets only; these modules are SDXL "
-                    "(text_encoder_2 given), whose conditioning (two text encoders, add_time_ids) val_loss "
-                    "does not build yet. Remove metrics.val_loss for this run."
-                ],
-            )
+    def use(self, sampler: ValidationSampler) -> None:
+        """Draw from ``sampler``'s modules from now on."""
         self.sampler = sampler
 
     @property

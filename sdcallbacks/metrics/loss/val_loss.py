@@ -18,8 +18,12 @@ not a sample as in training, so the loss is deterministic (times the VAE's scali
 
 It runs with the sampler's protections: every global random stream restored, every submodule in eval mode
 and restored after, no gradients, autocast matching ``mixed_precision``, the training scheduler untouched
-(``add_noise`` and ``get_velocity`` read it without changing it). SD 1.x/2.x UNets only: SDXL's UNet needs
-size and pooled-text conditioning that this loss does not build yet.
+(``add_noise`` and ``get_velocity`` read it without changing it).
+
+SDXL (``text_encoder_2`` given) is conditioned as diffusers' ``train_dreambooth_lora_sdxl.py`` conditions it:
+both encoders' penultimate hidden states side by side, the second encoder's pooled projection as
+``text_embeds``, and ``time_ids`` = original size (h, w) of the image before resizing + top-left of the
+centre crop (y, x) + target size (resolution, resolution).
 """
 
 from __future__ import annotations
@@ -48,17 +52,44 @@ METADATA = "metadata.jsonl"  # diffusers' imagefolder captions
 def to_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
     """(3, r, r) in [-1, 1] with the transforms of diffusers' DreamBooth scripts (bilinear short side to r,
     centre crop, normalise by 0.5)."""
+    return prepared(image, resolution)[0]
+
+
+def prepared(image: Image.Image, resolution: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """:func:`to_pixels` and the image's SDXL ``time_ids``: (original h, w) + (crop top, left) + (r, r),
+    the crop's corner computed as the SDXL DreamBooth script does, on the resized image."""
     from torchvision import transforms
 
-    prepare = transforms.Compose(
-        [
-            transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
-            transforms.CenterCrop(resolution),
-            transforms.ToTensor(),
-            transforms.Normalize([0.5], [0.5]),
-        ]
+    original = (image.height, image.width)
+    resized = transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR)(image)
+    top = max(0, round((resized.height - resolution) / 2.0))
+    left = max(0, round((resized.width - resolution) / 2.0))
+    finish = transforms.Compose(
+        [transforms.CenterCrop(resolution), transforms.ToTensor(), transforms.Normalize([0.5], [0.5])]
     )
-    return prepare(image)
+    return finish(resized), (*original, top, left, resolution, resolution)
+
+
+def sdxl_conditioning(
+    modules: TrainingModules, captions: list[str], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt embeddings, pooled embeddings) as the SDXL DreamBooth script's ``encode_prompt``."""
+    hidden, pooled = [], None
+    for tokenizer, encoder in (
+        (modules.tokenizer, modules.text_encoder),
+        (modules.tokenizer_2, modules.text_encoder_2),
+    ):
+        ids = tokenizer(
+            captions,
+            padding="max_length",
+            truncation=True,
+            max_length=tokenizer.model_max_length,
+            return_tensors="pt",
+        ).input_ids
+        out = unwrap(encoder)(ids.to(device), output_hidden_states=True, return_dict=False)
+        pooled = out[0]  # the last encoder's: its pooled projection
+        hidden.append(out[-1][-2])
+    return torch.cat(hidden, dim=-1), pooled
 
 
 def load_training_image(path: Path) -> Image.Image:
@@ -135,10 +166,6 @@ class ValidationLoss:
     def evaluate(
         self, modules: TrainingModules, device: torch.device | str | None = None, mixed_precision: str = "no"
     ) -> dict[str, float]:
-        if modules.text_encoder_2 is not None:
-            raise NotImplementedError(
-                "val_loss supports SD 1.x/2.x UNets; SDXL conditioning is not built yet"
-            )
         unet, vae, text_encoder = unwrap(modules.unet), unwrap(modules.vae), unwrap(modules.text_encoder)
         device = torch.device(device) if device is not None else next(unet.parameters()).device
         scheduler = modules.noise_scheduler
@@ -148,27 +175,35 @@ class ValidationLoss:
             raise ValueError(f"val_loss.timesteps must be below num_train_timesteps={top}; got {timesteps}")
         images, captions = self.data()
         losses = {t: [] for t in timesteps}
+        encoders = [m for m in (text_encoder, unwrap(modules.text_encoder_2)) if m is not None]
         with (
             isolated_rng(),
-            eval_mode(unet, vae, text_encoder),
+            eval_mode(unet, vae, *encoders),
             torch.no_grad(),
             autocast_for(device, mixed_precision),
         ):
             for start in range(0, len(images), self.config.batch_size):
                 stop = start + self.config.batch_size
-                pixels = torch.stack([to_pixels(im, self.config.resolution) for im in images[start:stop]])
+                batch = [prepared(im, self.config.resolution) for im in images[start:stop]]
+                pixels = torch.stack([pixels for pixels, _ in batch])
                 latents = vae.encode(pixels.to(device, vae.dtype)).latent_dist.mean
                 latents = (
                     latents - (getattr(vae.config, "shift_factor", None) or 0.0)
                 ) * vae.config.scaling_factor
-                ids = modules.tokenizer(
-                    captions[start:stop],
-                    padding="max_length",
-                    truncation=True,
-                    max_length=modules.tokenizer.model_max_length,
-                    return_tensors="pt",
-                ).input_ids
-                context = text_encoder(ids.to(device))[0]
+                added = None
+                if modules.is_sdxl:
+                    context, pooled = sdxl_conditioning(modules, captions[start:stop], device)
+                    time_ids = torch.tensor([ids for _, ids in batch], device=device, dtype=context.dtype)
+                    added = {"text_embeds": pooled, "time_ids": time_ids}
+                else:
+                    ids = modules.tokenizer(
+                        captions[start:stop],
+                        padding="max_length",
+                        truncation=True,
+                        max_length=modules.tokenizer.model_max_length,
+                        return_tensors="pt",
+                    ).input_ids
+                    context = text_encoder(ids.to(device))[0]
                 noise = torch.stack(
                     [
                         torch.randn(
@@ -187,7 +222,7 @@ class ValidationLoss:
                         if scheduler.config.prediction_type == "sample"
                         else noise
                     )
-                    prediction = unet(noisy, steps, context).sample
+                    prediction = unet(noisy, steps, context, added_cond_kwargs=added).sample
                     per_image = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
                     losses[t].extend(per_image.tolist())
         out = {f"{self.name}/t{t}": float(np.mean(v)) for t, v in losses.items()}

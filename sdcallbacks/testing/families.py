@@ -1,0 +1,57 @@
+"""Pipeline folders of every model family for the offline examples, in diffusers' published layout.
+
+``sd15`` is the tiny world's pretrained pipeline (it learns; the demo's). The others are random-weight
+tiny pipelines, built in seconds with the tiny world's real CLIP tokenizer and saved with the pipeline's
+own ``save_pretrained`` (``model_index.json``, one folder per component), so ``from_pretrained`` and the
+examples' per-component loading read them as they read a published model. Cached beside the tiny world,
+as ``tiny-<family>-v<FAMILY_VERSION>/pipeline``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sdcallbacks.testing.world import Progress, TinyWorld, _print_progress, staged_build
+
+FAMILIES = ("sd15", "sdxl")
+FAMILY_VERSION = 1
+
+
+def _build_sdxl(folder: Path, world: TinyWorld) -> None:
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTokenizer
+
+    from sdcallbacks.testing.modules import tiny_sdxl_modules
+
+    tokenizer = CLIPTokenizer.from_pretrained(world.pipeline_dir / "tokenizer")
+    modules = tiny_sdxl_modules(tokenizer, lora=False)
+    pipe = StableDiffusionXLPipeline(
+        vae=modules.vae,
+        text_encoder=modules.text_encoder,
+        text_encoder_2=modules.text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=modules.unet,
+        scheduler=modules.noise_scheduler,
+    )
+    pipe.save_pretrained(folder / "pipeline")
+    (folder / "READY.json").write_text(
+        json.dumps({"family": "sdxl", "version": FAMILY_VERSION}), encoding="utf-8"
+    )
+
+
+def family_pipeline(family: str, world: TinyWorld, progress: Progress | None = None) -> Path:
+    """The pipeline folder of ``family`` (built first if needed)."""
+    if family == "sd15":
+        return world.pipeline_dir
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
+    root = world.root.parent / f"tiny-{family}-v{FAMILY_VERSION}"
+    staged_build(
+        root,
+        lambda staging: _build_sdxl(staging, world),
+        progress or _print_progress,
+        f"a tiny {family} pipeline in {root}",
+    )
+    return root / "pipeline"

@@ -1,0 +1,149 @@
+"""Model families: the modules given to ``on_train_start`` (by name or as a pipeline's ``components``)
+decide the pipeline; mixed or unsupported modules are an error before training."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sdcallbacks import ValidationCallback
+from sdcallbacks.config import validate_config
+from sdcallbacks.sampling.families import ModulesError
+from sdcallbacks.sampling.pipeline import TrainingModules
+from sdcallbacks.testing.modules import tiny_sdxl_modules
+from tests.helpers import MeanBrightness, Scripted, start
+
+
+def run_config(tmp_path, **overrides):
+    data = {
+        "output_dir": str(tmp_path / "out"),
+        "prompts": [{"name": "red", "prompt": "red square", "seeds": [1, 2]}],
+        "defaults": {"width": 32, "height": 32, "steps": 2, "guidance_scale": 2.0},
+        "schedule": {"every_n_steps": 2},
+        "metrics": {},
+        "monitor": "val/brightness/mean",
+    }
+    data.update(overrides)
+    return validate_config(data)
+
+
+def pipeline_of(modules: TrainingModules):
+    import diffusers
+
+    names = ["vae", "text_encoder", "tokenizer", "unet"]
+    if modules.text_encoder_2 is not None:
+        names += ["text_encoder_2", "tokenizer_2"]
+        return diffusers.StableDiffusionXLPipeline(
+            **{n: getattr(modules, n) for n in names}, scheduler=modules.noise_scheduler
+        )
+    return diffusers.StableDiffusionPipeline(
+        **{n: getattr(modules, n) for n in names},
+        scheduler=modules.noise_scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_a_pipelines_components_are_taken_as_they_are(family, tmp_path, clip_tokenizer, tiny_modules):
+    """``on_train_start(components=pipe.components)`` draws what the same modules given by name draw."""
+    modules = tiny_sdxl_modules(clip_tokenizer) if family == "sdxl" else tiny_modules
+    by_name = ValidationCallback(run_config(tmp_path / "by_name"), metrics=[MeanBrightness()])
+    start(by_name, modules)
+    as_components = ValidationCallback(run_config(tmp_path / "components"), metrics=[MeanBrightness()])
+    as_components.on_train_start(components=pipeline_of(modules).components)
+    for job in by_name.validation.jobs:
+        name = f"step_0000000_base/{job.file_stem}.png"
+        a = np.asarray(Image.open(tmp_path / "by_name" / "out" / "samples" / name))
+        b = np.asarray(Image.open(tmp_path / "components" / "out" / "samples" / name))
+        np.testing.assert_array_equal(a, b)
+
+
+def tiny_flux_transformer():
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
+    )
+
+
+def test_mixed_or_unsupported_modules_are_named_before_training(tmp_path, clip_tokenizer, tiny_modules):
+    sdxl = tiny_sdxl_modules(clip_tokenizer)
+    cases = {
+        "an SD unet with a second text encoder": (
+            {**vars(tiny_modules), "text_encoder_2": sdxl.text_encoder_2, "tokenizer_2": clip_tokenizer},
+            "modules of two families mixed",
+        ),
+        "an SDXL unet without its second text encoder": (
+            {**vars(sdxl), "text_encoder_2": None, "tokenizer_2": None},
+            "pass text_encoder_2 and tokenizer_2",
+        ),
+        "a Flux transformer as unet": (
+            {**vars(tiny_modules), "unet": tiny_flux_transformer()},
+            "unet is a FluxTransformer2DModel",
+        ),
+    }
+    for what, (modules, message) in cases.items():
+        cb = ValidationCallback(run_config(tmp_path), metrics=[MeanBrightness()])
+        with pytest.raises(ModulesError, match=message):
+            cb.on_train_start(**modules)
+        assert not (tmp_path / "out").exists(), what  # nothing ran
+    cb = ValidationCallback(run_config(tmp_path, sampling={"family": "sdxl"}), metrics=[MeanBrightness()])
+    with pytest.raises(ModulesError, match=r"sampling\.family is 'sdxl' but the modules are 'sd'"):
+        start(cb, tiny_modules)
+    with pytest.raises(TypeError, match=r"missing module\(s\) \['vae'\]"):
+        cb.on_train_start(components={**pipeline_of(tiny_modules).components, "vae": None})
+    with pytest.raises(TypeError, match=r"unknown module name\(s\) \['transformer'\]"):
+        cb.on_train_start(components={**pipeline_of(tiny_modules).components, "transformer": object()})
+
+
+def test_an_sdxl_lora_checkpoint_redraws_its_images_in_a_fresh_sdxl_pipeline(tmp_path, clip_tokenizer):
+    """A UNet LoRA saved as StableDiffusionXLPipeline.save_lora_weights saves it (with its adapter config,
+    alpha != r); the best step's images come back pixel for pixel from a fresh pipeline's
+    load_lora_weights. (Text-encoder LoRAs: transformers 5.24's add_adapter refuses the newest peft on the
+    index, 0.21.2, so they cannot be built here; see the dependency issue.)"""
+    from peft import LoraConfig
+
+    from sdcallbacks.sampling.sampler import ValidationSampler
+
+    modules = tiny_sdxl_modules(clip_tokenizer)
+    modules.unet.delete_adapters("default")
+    pristine = copy.deepcopy(modules)
+    generator = torch.Generator().manual_seed(0)
+    targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    modules.unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian", target_modules=targets)
+    )
+    with torch.no_grad():
+        for name, param in modules.unet.named_parameters():
+            if "lora_B" in name:  # B starts at zero: give the adapter something to draw
+                param.add_(0.3 * torch.randn(param.shape, generator=generator))
+    config = run_config(tmp_path, monitor="val/scripted/mean", sampling={"baseline": False})
+    cb = ValidationCallback(config, metrics=[Scripted([1.0, 0.5])])
+    start(cb, modules)
+    assert cb.on_step_end(2).should_save
+    cb.on_step_end(4)  # worse: step 2 stays best
+    assert cb.best_step == 2
+
+    lora_off = ValidationSampler(pristine, batch_size=config.sampling.batch_size).sample(cb.validation.jobs)
+    pipe = pipeline_of(pristine)
+    pipe.load_lora_weights(cb.best_model_path)  # into pristine's own UNet
+    fresh = TrainingModules.from_components(pipe.components)
+    redrawn = ValidationSampler(fresh, batch_size=config.sampling.batch_size).sample(cb.validation.jobs)
+    for job, image, plain in zip(cb.validation.jobs, redrawn, lora_off):
+        drawn = np.asarray(Image.open(tmp_path / "out" / "samples" / "step_0000002" / f"{job.file_stem}.png"))
+        np.testing.assert_array_equal(np.asarray(image), drawn)
+        assert not np.array_equal(np.asarray(plain), drawn)  # the LoRAs are what drew it
