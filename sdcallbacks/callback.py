@@ -92,7 +92,7 @@ class ValidationCallback:
         }
         modules = TrainingModules.from_components(components, **named, ema_unet=ema_unet)
         resolve_family(modules, self.config.sampling.family)
-        self.validation.use(build_sampler(self.config, modules, self.accelerator))
+        self.validation.sampler = build_sampler(self.config, modules, self.accelerator)
         self.schedule.start(global_step, steps_per_epoch)
         problem = self.runner.claim_output_dir(
             resumed=self._resumed or global_step > 0, overwrite=self.config.overwrite_output_dir

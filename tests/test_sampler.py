@@ -256,3 +256,36 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_warned_once(tiny_modules
         sampler.sample(jobs)  # the next validation: already warned
     warnings = [r.getMessage() for r in caplog.records if "text encoder reads 77" in r.getMessage()]
     assert len(warnings) == 1 and "tag0, tag1" in warnings[0]
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_bf16_weights_with_cpu_autocast_sample_and_keep_every_dtype(
+    family, tiny_modules, clip_tokenizer, jobs, tmp_path
+):
+    """As diffusers' scripts run mixed precision: frozen weights in bf16, the LoRA in fp32, autocast to
+    bf16. Sampling and val_loss work, their results are near fp32's, and no parameter changes dtype."""
+    from diffusers.training_utils import cast_training_params
+
+    from sdcallbacks.config.metrics import ValLossConfig
+    from sdcallbacks.metrics.loss import ValidationLoss
+    from sdcallbacks.testing.modules import perturb_lora, tiny_sdxl_modules
+    from sdcallbacks.testing.shapes import draw_square
+
+    modules = tiny_sdxl_modules(clip_tokenizer) if family == "sdxl" else tiny_modules
+    perturb_lora(modules, step=1)
+    draw_square("red", "white", 32, np.random.default_rng(0)).save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("red square", encoding="utf-8")
+    loss = ValidationLoss(ValLossConfig(data=tmp_path, resolution=32, timesteps=[500]))
+    full = pixels(ValidationSampler(modules, batch_size=2).sample(jobs[:2])).astype(float)
+    full_loss = loss.evaluate(modules)["val_loss"]
+    for module in modules.torch_modules():
+        module.to(dtype=torch.bfloat16)
+    cast_training_params(modules.unet, dtype=torch.float32)
+    dtypes = {n: p.dtype for m in modules.torch_modules() for n, p in m.named_parameters()}
+    half = pixels(ValidationSampler(modules, batch_size=2, mixed_precision="bf16").sample(jobs[:2])).astype(
+        float
+    )
+    half_loss = loss.evaluate(modules, mixed_precision="bf16")["val_loss"]
+    assert {n: p.dtype for m in modules.torch_modules() for n, p in m.named_parameters()} == dtypes
+    assert np.abs(half - full).mean() < 8  # bf16 rounding, not another image
+    assert half_loss == pytest.approx(full_loss, rel=0.05)

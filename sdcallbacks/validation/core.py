@@ -83,10 +83,6 @@ class Validation:
         self.baseline = Baseline()
         self.key_specs: dict[str, KeySpec] = {k: v for m in self.metrics for k, v in m.key_specs().items()}
 
-    def use(self, sampler: ValidationSampler) -> None:
-        """Draw from ``sampler``'s modules from now on."""
-        self.sampler = sampler
-
     @property
     def image_score_keys(self) -> list[str]:
         """Per-image score keys (a results table's columns); set-level keys have no per-image value."""

@@ -1,0 +1,112 @@
+"""The README's lines for diffusers' ``train_dreambooth_lora.py``, in a loop shaped like that script's: epochs
+around steps, ``global_step += 1`` under ``sync_gradients``, ``save_state`` every ``checkpointing_steps``,
+the ``max_train_steps`` break. An early stop must end training (not only the epoch), and the checkpoint of
+the stopping step must be saved, holding that step's validation."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sdcallbacks import ValidationCallback
+from sdcallbacks.config import validate_config
+from sdcallbacks.testing.modules import perturb_lora
+from tests.helpers import MeanBrightness
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+class Worsening(MeanBrightness):
+    """1, 1/2, 1/3, ...: with patience 1 the second validation after the baseline stops training."""
+
+    name = "worsening"
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def compute(self, batch):
+        self.calls += 1
+        return {self.name: [1.0 / self.calls] * len(batch)}
+
+
+@pytest.fixture
+def accelerator():
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield Accelerator(cpu=True)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def test_the_readme_lines_stop_a_nested_epoch_loop_and_keep_the_stopping_checkpoint(
+    tmp_path, tiny_modules, accelerator
+):
+    args = SimpleNamespace(
+        num_train_epochs=10, max_train_steps=30, checkpointing_steps=2, output_dir=tmp_path
+    )
+    config = validate_config(
+        {
+            "output_dir": str(tmp_path / "validation"),
+            "prompts": [{"name": "a", "prompt": "red square", "seeds": [1]}],
+            "defaults": {"width": 32, "height": 32, "steps": 2, "guidance_scale": 1.0},
+            "sampling": {"baseline": False},
+            "schedule": {"every_n_steps": 2},
+            "metrics": {},
+            "monitor": "val/worsening/mean",
+            "early_stopping": {"patience": 1},
+        }
+    )
+    cb = ValidationCallback(config, accelerator=accelerator, metrics=[Worsening()])
+    m = tiny_modules
+    cb.on_train_start(
+        unet=m.unet,
+        vae=m.vae,
+        text_encoder=m.text_encoder,
+        tokenizer=m.tokenizer,
+        noise_scheduler=m.noise_scheduler,
+    )
+    train_dataloader, first_epoch, global_step, steps_run = range(3), 0, 0, 0
+
+    # ---- shaped like diffusers' examples/dreambooth/train_dreambooth_lora.py, with the README's lines ----
+    stop_training = False
+    for epoch in range(first_epoch, args.num_train_epochs):  # noqa: B007 (the script's shape)
+        for step, batch in enumerate(train_dataloader):  # noqa: B007
+            perturb_lora(m, global_step + 1)  # the optimizer step
+            steps_run += 1
+            if accelerator.sync_gradients:
+                global_step += 1
+                stop_training = cb.on_step_end(global_step).should_stop
+                if accelerator.is_main_process:  # noqa: SIM102
+                    if global_step % args.checkpointing_steps == 0:
+                        accelerator.save_state(str(args.output_dir / f"checkpoint-{global_step}"))
+            if global_step >= args.max_train_steps or stop_training:
+                break
+        if stop_training:
+            break
+    cb.on_train_end(global_step)
+    # -------------------------------------------------------------------------------------------------
+
+    assert (global_step, steps_run, epoch) == (4, 4, 1)  # stopped at the second validation, in epoch 1
+    assert cb.stopping_reason == "patience_exhausted"
+    saved = args.output_dir / "checkpoint-4"
+    assert saved.is_dir()
+    (state_file,) = saved.glob("custom_checkpoint_*.pkl")
+    state = torch.load(state_file, weights_only=True)  # plain Python values: the safe loader reads them
+    assert state["schedule"]["last_step"] == 4  # the save came after this step's validation
+
+    readme = README.read_text(encoding="utf-8")
+    for line in (
+        "stop_training = False",
+        "stop_training = cb.on_step_end(global_step).should_stop",
+        "if global_step >= args.max_train_steps or stop_training:",
+        "if stop_training:",
+    ):
+        assert re.search(rf"^\s*{re.escape(line)}$", readme, re.MULTILINE), line
