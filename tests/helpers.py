@@ -44,6 +44,20 @@ class Scripted(ImageMetric):
         return {self.name: [self.values.pop(0)] * len(batch)}
 
 
+class Worsening(MeanBrightness):
+    """A score that gets worse at every validation: 1, 1/2, 1/3, ..."""
+
+    name = "worsening"
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def compute(self, batch):
+        self.calls += 1
+        return {self.name: [1.0 / self.calls] * len(batch)}
+
+
 def start(callback, modules, step: int = 0):
     """``on_train_start`` with every module of a :class:`TrainingModules`."""
     return callback.on_train_start(**vars(modules), global_step=step)

@@ -16,7 +16,7 @@ from sdcallbacks.config import validate_config
 from sdcallbacks.metrics import build_metrics
 from sdcallbacks.outputs import read_metrics
 from sdcallbacks.testing.modules import perturb_lora, tiny_lora_modules
-from tests.helpers import MeanBrightness, logged_aggregates, start
+from tests.helpers import MeanBrightness, Worsening, logged_aggregates, start
 
 
 def config(tmp_path, tagger_dir, mode, **overrides):
@@ -239,18 +239,18 @@ def test_cuda_memory_after_a_validation(tmp_path, backbones, tiny_modules, place
         assert all(p.device.type == "cuda" for p in clip_backbone.model.parameters())
 
 
-class Worsening(MeanBrightness):
-    """A score that gets worse at every validation: 1, 1/2, 1/3, ..."""
-
-    name = "worsening"
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def compute(self, batch):
-        self.calls += 1
-        return {self.name: [1.0 / self.calls] * len(batch)}
+def stopping_after_two(tmp_path, tagger_dir, every: int) -> dict:
+    """Async, a worsening monitored score and patience 1: the second validation decides to stop."""
+    return config(
+        tmp_path,
+        tagger_dir,
+        "async",
+        metrics={},
+        monitor="val/worsening/mean",
+        early_stopping={"patience": 1},
+        sampling={"baseline": False},
+        schedule={"every_n_steps": every},
+    )
 
 
 def test_a_stop_decision_collected_by_state_dict_reaches_the_loop_exactly_once(
@@ -260,16 +260,7 @@ def test_a_stop_decision_collected_by_state_dict_reaches_the_loop_exactly_once(
     the stop, which must still reach the loop (and a run resumed from that state)."""
     import json
 
-    data = config(
-        tmp_path,
-        tagger_dir,
-        "async",
-        metrics={},
-        monitor="val/worsening/mean",
-        early_stopping={"patience": 1},
-        sampling={"baseline": False},
-        schedule={"every_n_steps": 4},
-    )
+    data = stopping_after_two(tmp_path, tagger_dir, every=4)
     cb = ValidationCallback(validate_config(data), metrics=[Worsening()])
     modules = tiny_lora_modules(clip_tokenizer)
     start(cb, modules)
@@ -293,16 +284,7 @@ def test_a_stop_decision_survives_the_failure_of_the_validation_that_collected_i
 ):
     """The validation at step 8 first collects step 4's task, which decided to stop, and then fails while
     sampling: the stop still reaches the loop, once."""
-    data = config(
-        tmp_path,
-        tagger_dir,
-        "async",
-        metrics={},
-        monitor="val/worsening/mean",
-        early_stopping={"patience": 1},
-        sampling={"baseline": False},
-        schedule={"every_n_steps": 2},
-    )
+    data = stopping_after_two(tmp_path, tagger_dir, every=2)
     cb = ValidationCallback(validate_config(data), metrics=[Worsening()])
     start(cb, tiny_lora_modules(clip_tokenizer))
     assert not cb.on_step_end(2).should_stop  # the first validation: best so far

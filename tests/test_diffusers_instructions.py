@@ -15,23 +15,9 @@ import torch
 from sdcallbacks import ValidationCallback
 from sdcallbacks.config import validate_config
 from sdcallbacks.testing.modules import perturb_lora
-from tests.helpers import MeanBrightness
+from tests.helpers import Worsening, start
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-class Worsening(MeanBrightness):
-    """1, 1/2, 1/3, ...: with patience 1 the second validation after the baseline stops training."""
-
-    name = "worsening"
-
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def compute(self, batch):
-        self.calls += 1
-        return {self.name: [1.0 / self.calls] * len(batch)}
 
 
 @pytest.fixture
@@ -66,13 +52,7 @@ def test_the_readme_lines_stop_a_nested_epoch_loop_and_keep_the_stopping_checkpo
     )
     cb = ValidationCallback(config, accelerator=accelerator, metrics=[Worsening()])
     m = tiny_modules
-    cb.on_train_start(
-        unet=m.unet,
-        vae=m.vae,
-        text_encoder=m.text_encoder,
-        tokenizer=m.tokenizer,
-        noise_scheduler=m.noise_scheduler,
-    )
+    start(cb, m)
     train_dataloader, first_epoch, global_step, steps_run = range(3), 0, 0, 0
 
     # ---- shaped like diffusers' examples/dreambooth/train_dreambooth_lora.py, with the README's lines ----
