@@ -92,6 +92,9 @@ class ValidationCallback:
         }
         modules = TrainingModules.from_components(components, **named, ema_unet=ema_unet)
         resolve_family(modules, self.config.sampling.family)
+        loss = self.validation.val_loss
+        if loss is not None and (problem := loss.unsupported(modules)) is not None:
+            raise ConfigError(self.config.source, [problem])
         self.validation.sampler = build_sampler(self.config, modules, self.accelerator)
         self.schedule.start(global_step, steps_per_epoch)
         problem = self.runner.claim_output_dir(

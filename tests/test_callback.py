@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -377,17 +378,19 @@ def test_ema_both_validates_the_trained_and_the_ema_weights_and_decides_on_the_f
     np.testing.assert_array_equal(np.stack([np.asarray(im) for im in redrawn]), ema_images)
 
 
-def test_val_loss_runs_on_sdxl_modules_in_a_validation(tmp_path, tagger_dir, clip_tokenizer):
-    from sdcallbacks.testing.modules import tiny_sdxl_modules
-
+def with_val_loss(tmp_path, tagger_dir) -> dict:
+    """The tagger and a val_loss over one captioned held-out image."""
     held_out = tmp_path / "held_out"
     held_out.mkdir()
     Image.new("RGB", (32, 32), (255, 0, 0)).save(held_out / "a.png")
     (held_out / "a.txt").write_text("a red square", encoding="utf-8")
-    metrics = {
-        "tag_accuracy": {"model": str(tagger_dir)},
-        "val_loss": {"data": str(held_out), "resolution": 32},
-    }
+    return {"tag_accuracy": {"model": str(tagger_dir)}, "val_loss": {"data": str(held_out), "resolution": 32}}
+
+
+def test_val_loss_runs_on_sdxl_modules_in_a_validation(tmp_path, tagger_dir, clip_tokenizer):
+    from sdcallbacks.testing.modules import tiny_sdxl_modules
+
+    metrics = with_val_loss(tmp_path, tagger_dir)
     cb = ValidationCallback.from_config(config(tmp_path, tagger_dir, metrics=metrics))
     start(cb, tiny_sdxl_modules(clip_tokenizer))
     cb.on_step_end(2)
@@ -395,3 +398,22 @@ def test_val_loss_runs_on_sdxl_modules_in_a_validation(tmp_path, tagger_dir, cli
     assert [r["variant"] for r in rows] == ["base", "model"]
     assert all(math.isfinite(r["values"]["val/val_loss"]) for r in rows)
     assert "val/val_loss/delta" in rows[1]["values"] and "val/val_loss/t200" in rows[1]["values"]
+
+
+def test_val_loss_with_a_scheduler_it_cannot_model_is_a_config_error_before_training(
+    tmp_path, tagger_dir, tiny_modules
+):
+    """An Euler (sigma) noise scheduler, as diffusers' SDXL script uses for EDM-style training: val_loss
+    would noise the wrong way at every validation, so on_train_start refuses it, naming the class."""
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    metrics = with_val_loss(tmp_path, tagger_dir)
+    cb = ValidationCallback.from_config(config(tmp_path, tagger_dir, metrics=metrics))
+    euler = EulerDiscreteScheduler.from_config(tiny_modules.noise_scheduler.config)
+    with pytest.raises(
+        ConfigError, match=r"metrics\.val_loss: the noise scheduler is a EulerDiscreteScheduler"
+    ):
+        start(cb, dataclasses.replace(tiny_modules, noise_scheduler=euler))
+    assert not (tmp_path / "out").exists()  # nothing ran
+    ddim = DDIMScheduler.from_config(tiny_modules.noise_scheduler.config)  # DDPM's noising: accepted
+    assert start(cb, dataclasses.replace(tiny_modules, noise_scheduler=ddim)).should_validate

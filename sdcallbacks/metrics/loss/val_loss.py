@@ -18,7 +18,8 @@ not a sample as in training, so the loss is deterministic (times the VAE's scali
 
 It runs with the sampler's protections: every global random stream restored, every submodule in eval mode
 and restored after, no gradients, autocast matching ``mixed_precision``, the training scheduler untouched
-(``add_noise`` and ``get_velocity`` read it without changing it).
+(``add_noise`` and ``get_velocity`` read it without changing it). The noise scheduler must noise as DDPM
+does (:data:`DDPM_NOISING`); another one is refused before training (:meth:`ValidationLoss.unsupported`).
 
 SDXL (``text_encoder_2`` given) is conditioned as diffusers' ``train_dreambooth_lora_sdxl.py`` conditions it:
 both encoders' penultimate hidden states side by side, the second encoder's pooled projection as
@@ -47,6 +48,21 @@ from sdcallbacks.sampling.sampler import autocast_for
 logger = logging.getLogger("sdcallbacks")
 
 METADATA = "metadata.jsonl"  # diffusers' imagefolder captions
+# Noise schedulers whose add_noise is DDPM's forward process, sqrt(abar_t) x0 + sqrt(1 - abar_t) noise (DDPM's
+# own and those that copy it), which is what the UNet was trained to undo at timestep t.
+DDPM_NOISING = frozenset(
+    {
+        "DDPMScheduler",
+        "DDIMScheduler",
+        "PNDMScheduler",
+        "DDPMParallelScheduler",
+        "DDIMParallelScheduler",
+        "LCMScheduler",
+        "TCDScheduler",
+        "SASolverScheduler",
+        "UnCLIPScheduler",
+    }
+)
 
 
 def to_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
@@ -162,6 +178,18 @@ class ValidationLoss:
                 raise ValueError(f"val_loss: no captioned, readable image in {root}")
             self._data = (images, captions)
         return self._data
+
+    def unsupported(self, modules: TrainingModules) -> str | None:
+        """Why this loss cannot be computed for ``modules`` (a config problem, raised before training), or
+        None."""
+        kind = type(modules.noise_scheduler).__name__
+        if kind in DDPM_NOISING:
+            return None
+        return (
+            f"metrics.val_loss: the noise scheduler is a {kind}; val_loss noises as DDPM does (DDPMScheduler "
+            "and the schedulers that copy its add_noise) and does not model Euler/EDM sigmas or flow "
+            "matching. Remove metrics.val_loss, or train with a DDPMScheduler."
+        )
 
     def evaluate(
         self, modules: TrainingModules, device: torch.device | str | None = None, mixed_precision: str = "no"
