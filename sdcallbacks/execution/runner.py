@@ -74,7 +74,7 @@ class ValidationRunner:
     @property
     def failed_validations(self) -> int:
         """Validations that failed, in the training process or in background scoring."""
-        return self.errors + getattr(self.scoring, "failures", 0)
+        return self.errors + self.scoring.failures
 
     def run(self, step: int, baseline: bool = False) -> Decision | None:
         """One validation at ``step`` on every process (all must call it); the decision to act on now. A

@@ -20,6 +20,7 @@ Conclude = Callable[[ValidationResult, object], Decision]
 
 class SynchronousScoring:
     scores_per_image = True
+    failures = 0  # a failure here raises in the training process, where the runner counts it
 
     def __init__(self, validation: Validation, conclude: Conclude):
         self.validation = validation

@@ -63,18 +63,18 @@ class ValidationSampler:
             torch.device(device) if device is not None else next(unwrap(modules.unet).parameters()).device
         )
         self.mixed_precision = mixed_precision
-        self.truncated: set[str] = set()  # prompts already warned about
+        self.checked: set[str] = set()  # prompts already counted against the text encoders
 
     def warn_if_truncated(self, jobs: Sequence[ImageJob]) -> None:
         """Warn once per prompt (and negative prompt) longer than a text encoder reads: the pipeline cuts
         it at ``model_max_length`` tokens, so the images follow only its start."""
         texts = dict.fromkeys(t for job in jobs for t in (job.prompt.prompt, job.prompt.negative_prompt) if t)
-        for text in texts.keys() - self.truncated:
+        for text in texts.keys() - self.checked:
+            self.checked.add(text)  # the prompt set is the same at every validation: count each once
             for tokenizer in (t for t in (self.modules.tokenizer, self.modules.tokenizer_2) if t is not None):
                 limit = tokenizer.model_max_length
                 count = len(tokenizer(text, truncation=False).input_ids)
                 if count > limit:
-                    self.truncated.add(text)
                     logger.warning(
                         "sdcallbacks: a validation prompt has %d tokens; the text encoder reads %d, so the "
                         "images follow only its start: %r",

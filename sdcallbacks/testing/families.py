@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sdcallbacks.testing.world import Progress, TinyWorld, _print_progress, staged_build
+from sdcallbacks.testing.world import Progress, TinyWorld, print_progress, staged_build
 
 FAMILIES = ("sd15", "sdxl")
 FAMILY_VERSION = 1
@@ -51,7 +51,7 @@ def family_pipeline(family: str, world: TinyWorld, progress: Progress | None = N
     staged_build(
         root,
         lambda staging: _build_sdxl(staging, world),
-        progress or _print_progress,
+        progress or print_progress,
         f"a tiny {family} pipeline in {root}",
     )
     return root / "pipeline"

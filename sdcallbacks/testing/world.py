@@ -33,7 +33,7 @@ WORLD_VERSION = 3
 Progress = Callable[[str], None]
 
 
-def _print_progress(message: str) -> None:
+def print_progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
@@ -214,7 +214,7 @@ def build_tiny_world(
 ) -> TinyWorld:
     """Return the cached tiny world, building it first if needed (minutes on 2 CPU cores)."""
     recipe = recipe or WorldRecipe()
-    progress = progress or _print_progress
+    progress = progress or print_progress
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     suffix = ""
     if recipe != WorldRecipe():
