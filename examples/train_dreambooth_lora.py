@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""DreamBooth LoRA fine-tuning of SD 1.x/2.x or SDXL (accelerate + peft), watched by sdcallbacks.
+"""DreamBooth LoRA fine-tuning of SD 1.x/2.x, SDXL, SD3 or Flux (accelerate + peft), watched by sdcallbacks.
 
     accelerate launch examples/train_dreambooth_lora.py \\
         --pretrained_model stable-diffusion-v1-5/stable-diffusion-v1-5 \\
@@ -7,10 +7,14 @@
         --callback_config configs/dreambooth_face.yaml --output_dir outputs/person
 
     python examples/train_dreambooth_lora.py --tiny_world   # offline, on the tiny world, in minutes
-    python examples/train_dreambooth_lora.py --tiny_world --family sdxl --max_train_steps 20
+    python examples/train_dreambooth_lora.py --tiny_world --family flux --max_train_steps 20  # or sdxl, sd3
 
 ``--family sdxl`` trains an SDXL UNet LoRA as diffusers' ``train_dreambooth_lora_sdxl.py`` does: both text
 encoders' penultimate hidden states, the second's pooled projection and the size/crop ``time_ids``.
+``--family sd3`` and ``--family flux`` train a transformer LoRA by flow matching as
+``train_dreambooth_lora_sd3.py``/``_flux.py`` do (uniform sigmas, the velocity ``noise - latents`` as
+target; Flux with packed latents and its distilled guidance), conditioned by the pipeline's own
+``encode_prompt``.
 
 The five sdcallbacks lines are marked ``# sdcallbacks``: build the callback, hand it the modules, call it
 after each optimizer step (and stop when it says so), and tell it when training ends. It validates every
@@ -34,6 +38,11 @@ from accelerate.utils import set_seed
 from diffusers import (
     AutoencoderKL,
     DDPMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -45,10 +54,23 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from PIL import Image
 from torchvision import transforms
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 from sdcallbacks import ValidationCallback
 from sdcallbacks.config.loading import read_mapping, validate_config
+
+PIPELINES = {
+    "sd15": StableDiffusionPipeline,
+    "sdxl": StableDiffusionXLPipeline,
+    "sd3": StableDiffusion3Pipeline,
+    "flux": FluxPipeline,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,7 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="stable-diffusion-v1-5/stable-diffusion-v1-5",
         help="hub id or local diffusers pipeline folder",
     )
-    p.add_argument("--family", choices=["sd15", "sdxl"], default="sd15", help="the model family")
+    p.add_argument("--family", choices=list(PIPELINES), default="sd15", help="the model family")
+    p.add_argument("--guidance_scale", type=float, default=3.5, help="Flux's distilled guidance in training")
     p.add_argument("--instance_data_dir", type=Path, help="training images (+ optional metadata.jsonl)")
     p.add_argument("--instance_prompt", default=None, help="caption of every image without metadata.jsonl")
     p.add_argument("--callback_config", type=Path, default=Path("configs/dreambooth_face.yaml"))
@@ -106,8 +129,9 @@ def use_tiny_world(args: argparse.Namespace) -> None:
 class DreamBoothDataset(torch.utils.data.Dataset):
     """Images of the instance, each with its caption: from ``metadata.jsonl`` (``file_name``, ``text``, the
     Hugging Face imagefolder layout) when present, otherwise ``instance_prompt``. Each item carries the
-    caption's token ids for every tokenizer and SDXL's ``time_ids``: the original size (h, w), the crop's
-    top-left corner (y, x) and the target size, as ``train_dreambooth_lora_sdxl.py`` computes them."""
+    caption, its token ids for every tokenizer given and SDXL's ``time_ids``: the original size (h, w),
+    the crop's top-left corner (y, x) and the target size, as ``train_dreambooth_lora_sdxl.py`` computes
+    them."""
 
     def __init__(self, folder: Path, instance_prompt: str | None, tokenizers: list, resolution: int):
         metadata = folder / "metadata.jsonl"
@@ -142,6 +166,7 @@ class DreamBoothDataset(torch.utils.data.Dataset):
         item = {
             "pixel_values": self.to_tensor(self.crop(image)),
             "time_ids": torch.tensor([*original_size, top, left, self.resolution, self.resolution]),
+            "caption": caption,
         }
         for i, tokenizer in enumerate(self.tokenizers):
             item[f"input_ids_{i}"] = tokenizer(
@@ -177,6 +202,77 @@ def callback_config(args: argparse.Namespace):
     return validate_config(data, args.callback_config)
 
 
+def load_components(base: str, family: str) -> dict:
+    """The base model's components by diffusers' names (a pipeline class accepts them as they are)."""
+    parts: dict = {"vae": AutoencoderKL.from_pretrained(base, subfolder="vae")}
+    parts["tokenizer"] = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
+    if family in ("sd15", "sdxl"):
+        parts["unet"] = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+        parts["scheduler"] = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
+        parts["text_encoder"] = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
+        if family == "sdxl":
+            parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2")
+            parts["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
+                base, subfolder="text_encoder_2"
+            )
+        return parts
+    parts["scheduler"] = FlowMatchEulerDiscreteScheduler.from_pretrained(base, subfolder="scheduler")
+    if family == "sd3":
+        parts["transformer"] = SD3Transformer2DModel.from_pretrained(base, subfolder="transformer")
+        for i in ("", "_2"):
+            parts[f"text_encoder{i}"] = CLIPTextModelWithProjection.from_pretrained(
+                base, subfolder=f"text_encoder{i}"
+            )
+        parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2")
+        parts["text_encoder_3"] = T5EncoderModel.from_pretrained(base, subfolder="text_encoder_3")
+        parts["tokenizer_3"] = T5TokenizerFast.from_pretrained(base, subfolder="tokenizer_3")
+    else:
+        parts["transformer"] = FluxTransformer2DModel.from_pretrained(base, subfolder="transformer")
+        parts["text_encoder"] = CLIPTextModel.from_pretrained(base, subfolder="text_encoder")
+        parts["text_encoder_2"] = T5EncoderModel.from_pretrained(base, subfolder="text_encoder_2")
+        parts["tokenizer_2"] = T5TokenizerFast.from_pretrained(base, subfolder="tokenizer_2")
+    return parts
+
+
+def flow_matching_loss(args, parts: dict, denoiser, latents: torch.Tensor, batch: dict) -> torch.Tensor:
+    """SD3/Flux: x = (1 - sigma) latents + sigma noise at a uniformly drawn training sigma, the prediction
+    against the velocity noise - latents, conditioned by the pipeline's ``encode_prompt``."""
+    scheduler = parts["scheduler"]
+    noise = torch.randn_like(latents)
+    indices = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],))
+    timesteps = scheduler.timesteps[indices].to(latents.device)
+    sigmas = scheduler.sigmas[indices].to(latents.device, latents.dtype).view(-1, 1, 1, 1)
+    noisy = (1.0 - sigmas) * latents + sigmas * noise
+    with torch.no_grad():
+        encoder = parts["text_pipeline"]
+        if args.family == "sd3":
+            embeds, _, pooled, _ = encoder.encode_prompt(
+                batch["caption"], None, None, do_classifier_free_guidance=False
+            )
+        else:
+            embeds, pooled, text_ids = encoder.encode_prompt(batch["caption"], None)
+    if args.family == "sd3":
+        prediction = denoiser(
+            hidden_states=noisy, timestep=timesteps, encoder_hidden_states=embeds, pooled_projections=pooled
+        ).sample
+    else:
+        b, c, h, w = latents.shape
+        image_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, latents.dtype)
+        guidance = torch.full((b,), args.guidance_scale, device=latents.device)
+        packed = denoiser(
+            hidden_states=FluxPipeline._pack_latents(noisy, b, c, h, w),
+            timestep=timesteps / 1000,  # Flux reads sigma
+            guidance=guidance,
+            pooled_projections=pooled,
+            encoder_hidden_states=embeds,
+            txt_ids=text_ids,
+            img_ids=image_ids,
+        ).sample
+        scale = 2 ** (len(parts["vae"].config.block_out_channels) - 1)
+        prediction = FluxPipeline._unpack_latents(packed, h * scale, w * scale, scale)
+    return F.mse_loss(prediction.float(), (noise - latents).float())
+
+
 def main(argv: list[str] | None = None) -> ValidationCallback:
     args = parse_args(argv)
     report_to = None if args.report_to == "none" else args.report_to
@@ -191,23 +287,18 @@ def main(argv: list[str] | None = None) -> ValidationCallback:
         accelerator.init_trackers("dreambooth-lora", config={k: str(v) for k, v in vars(args).items()})
 
     # The base model; only the LoRA layers train. Frozen weights may be half precision, the LoRA stays fp32.
-    base = args.pretrained_model
-    sdxl = args.family == "sdxl"
-    tokenizers = [CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")]
-    text_encoders = [CLIPTextModel.from_pretrained(base, subfolder="text_encoder")]
-    if sdxl:
-        tokenizers.append(CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2"))
-        text_encoders.append(CLIPTextModelWithProjection.from_pretrained(base, subfolder="text_encoder_2"))
-    vae = AutoencoderKL.from_pretrained(base, subfolder="vae")
-    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
-    noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler")
+    parts = load_components(args.pretrained_model, args.family)
+    denoiser_name = "unet" if args.family in ("sd15", "sdxl") else "transformer"
+    denoiser = parts[denoiser_name]
+    text_encoders = [parts[k] for k in ("text_encoder", "text_encoder_2", "text_encoder_3") if k in parts]
+    tokenizers = [parts[k] for k in ("tokenizer", "tokenizer_2", "tokenizer_3") if k in parts]
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
         accelerator.mixed_precision, torch.float32
     )
-    for module in (unet, vae, *text_encoders):
+    for module in (denoiser, parts["vae"], *text_encoders):
         module.requires_grad_(False)
         module.to(accelerator.device, dtype=weight_dtype)
-    unet.add_adapter(
+    denoiser.add_adapter(
         LoraConfig(
             r=args.rank,
             lora_alpha=args.rank,
@@ -215,17 +306,30 @@ def main(argv: list[str] | None = None) -> ValidationCallback:
             target_modules=["to_k", "to_q", "to_v", "to_out.0"],
         )
     )
-    cast_training_params(unet, dtype=torch.float32)
+    cast_training_params(denoiser, dtype=torch.float32)
+    vae = parts["vae"]
+    if denoiser_name == "transformer":  # the text encoders only: encode_prompt needs nothing else
+        text_only = {k: v for k, v in parts.items() if "text_encoder" in k or "tokenizer" in k}
+        parts["text_pipeline"] = PIPELINES[args.family](
+            **text_only, transformer=None, vae=None, scheduler=None
+        )
 
-    dataset = DreamBoothDataset(args.instance_data_dir, args.instance_prompt, tokenizers, args.resolution)
+    dataset = DreamBoothDataset(
+        args.instance_data_dir,
+        args.instance_prompt,
+        tokenizers if denoiser_name == "unet" else [],
+        args.resolution,
+    )
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.train_batch_size, shuffle=True, drop_last=False
     )
-    optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=args.learning_rate)
+    optimizer = torch.optim.AdamW(
+        [p for p in denoiser.parameters() if p.requires_grad], lr=args.learning_rate
+    )
     lr_scheduler = get_scheduler(
         args.lr_scheduler, optimizer=optimizer, num_training_steps=args.max_train_steps
     )
-    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    denoiser, optimizer, loader, lr_scheduler = accelerator.prepare(denoiser, optimizer, loader, lr_scheduler)
     callback = ValidationCallback.from_config(callback_config(args), accelerator=accelerator)  # sdcallbacks
 
     global_step = 0
@@ -236,36 +340,37 @@ def main(argv: list[str] | None = None) -> ValidationCallback:
         accelerator.load_state(str(path))  # also restores the callback's state (it registered itself)
         global_step = int(path.name.split("-")[1])
     steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
+    components = {k: v for k, v in parts.items() if k != "text_pipeline"} | {denoiser_name: denoiser}
     callback.on_train_start(
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoders[0],
-        tokenizer=tokenizers[0],  # sdcallbacks
-        noise_scheduler=noise_scheduler,
-        text_encoder_2=text_encoders[1] if sdxl else None,
-        tokenizer_2=tokenizers[1] if sdxl else None,
-        global_step=global_step,
-        steps_per_epoch=steps_per_epoch,
-    )
+        components=components, global_step=global_step, steps_per_epoch=steps_per_epoch
+    )  # sdcallbacks
 
-    unet.train()
+    denoiser.train()
     stop = global_step >= args.max_train_steps
     while not stop:
         for batch in loader:
-            with accelerator.accumulate(unet):
+            with accelerator.accumulate(denoiser):
                 pixels = batch["pixel_values"].to(dtype=weight_dtype)
-                latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
-                noise = torch.randn_like(latents)
-                timesteps = torch.randint(
-                    0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
-                )
-                noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-                hidden, added = encode_prompt(text_encoders, batch, weight_dtype)
-                prediction = unet(noisy, timesteps, hidden, added_cond_kwargs=added).sample
-                loss = F.mse_loss(prediction.float(), noise.float())
+                latents = vae.encode(pixels).latent_dist.sample()
+                latents = (latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+                if denoiser_name == "transformer":
+                    loss = flow_matching_loss(args, parts, denoiser, latents, batch)
+                else:
+                    noise_scheduler = parts["scheduler"]
+                    noise = torch.randn_like(latents)
+                    timesteps = torch.randint(
+                        0,
+                        noise_scheduler.config.num_train_timesteps,
+                        (latents.shape[0],),
+                        device=latents.device,
+                    )
+                    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                    hidden, added = encode_prompt(text_encoders, batch, weight_dtype)
+                    prediction = denoiser(noisy, timesteps, hidden, added_cond_kwargs=added).sample
+                    loss = F.mse_loss(prediction.float(), noise.float())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(unet.parameters(), 1.0)
+                    accelerator.clip_grad_norm_(denoiser.parameters(), 1.0)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -284,9 +389,12 @@ def main(argv: list[str] | None = None) -> ValidationCallback:
 
     callback.on_train_end(global_step)  # sdcallbacks: last validation; best weights back if configured
     if accelerator.is_main_process:
-        lora = convert_state_dict_to_diffusers(get_peft_model_state_dict(accelerator.unwrap_model(unet)))
-        pipeline_class = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
-        pipeline_class.save_lora_weights(args.output_dir, unet_lora_layers=lora, safe_serialization=True)
+        lora = get_peft_model_state_dict(accelerator.unwrap_model(denoiser))
+        if denoiser_name == "unet":  # diffusers' UNet scripts save diffusers-format keys, SD3/Flux peft's
+            lora = convert_state_dict_to_diffusers(lora)
+        PIPELINES[args.family].save_lora_weights(
+            args.output_dir, **{f"{denoiser_name}_lora_layers": lora}, safe_serialization=True
+        )
         print(
             f"LoRA saved to {args.output_dir}; best step {callback.best_step} "
             f"({callback.config.monitor} = {callback.best_model_score}) at {callback.best_model_path}; "

@@ -24,15 +24,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sdcallbacks.config.loading import ConfigError, load_config, validate_config
 from sdcallbacks.config.schema import RunConfig
 from sdcallbacks.control import Control
-from sdcallbacks.execution.assemble import build_runner, build_sampler
+from sdcallbacks.execution.assemble import build_runner, build_sampler, family_problems
 from sdcallbacks.metrics import Metric
 from sdcallbacks.sampling.families import resolve_family
-from sdcallbacks.sampling.pipeline import TrainingModules
+from sdcallbacks.sampling.modules import TrainingModules
 from sdcallbacks.sampling.schedule import ValidationSchedule
 
 _CONTINUE = Control()
@@ -69,33 +67,23 @@ class ValidationCallback:
     def on_train_start(
         self,
         *,
-        unet: torch.nn.Module | None = None,
-        vae: torch.nn.Module | None = None,
-        text_encoder: torch.nn.Module | None = None,
-        tokenizer: Any = None,
-        noise_scheduler: Any = None,
-        text_encoder_2: torch.nn.Module | None = None,
-        tokenizer_2: Any = None,
-        ema_unet: Any = None,
         components: dict[str, Any] | None = None,
         global_step: int = 0,
         steps_per_epoch: float | None = None,
+        **modules: Any,
     ) -> Control:
-        """Register the training modules, by name or as a diffusers pipeline's ``components`` (names win);
-        run the baseline validation unless it already ran. The model family (``sampling.family``) is told
-        from the modules; modules of two families are an error here, before training."""
-        named = {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer}
-        named |= {
-            "noise_scheduler": noise_scheduler,
-            "text_encoder_2": text_encoder_2,
-            "tokenizer_2": tokenizer_2,
-        }
-        modules = TrainingModules.from_components(components, **named, ema_unet=ema_unet)
-        resolve_family(modules, self.config.sampling.family)
-        loss = self.validation.val_loss
-        if loss is not None and (problem := loss.unsupported(modules)) is not None:
-            raise ConfigError(self.config.source, [problem])
-        self.validation.sampler = build_sampler(self.config, modules, self.accelerator)
+        """Register the training modules by their diffusers names (``unet`` or ``transformer``, ``vae``,
+        ``text_encoder``, ``tokenizer``, ``noise_scheduler``, ``text_encoder_2``/``_3``,
+        ``tokenizer_2``/``_3``, ``ema_unet`` or ``ema_transformer``) or as a diffusers pipeline's
+        ``components`` (names win); run the baseline validation unless it already ran. The model family
+        (``sampling.family``) is told from the modules; modules of two families, and prompts or a loss the
+        family cannot draw or compute, are an error here, before training."""
+        live = TrainingModules.from_components(components, **modules)
+        family = resolve_family(live, self.config.sampling.family)
+        problems = family_problems(self.config, family, live, self.validation)
+        if problems:
+            raise ConfigError(self.config.source, problems)
+        self.validation.sampler = build_sampler(self.config, live, self.accelerator)
         self.schedule.start(global_step, steps_per_epoch)
         problem = self.runner.claim_output_dir(
             resumed=self._resumed or global_step > 0, overwrite=self.config.overwrite_output_dir

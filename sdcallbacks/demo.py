@@ -66,7 +66,7 @@ def demo_config(world: TinyWorld, output_dir: Path, validate_every: int) -> RunC
             PromptEntry(name="yellow", prompt="yellow square"),
         ],
         defaults=PromptDefaults(num_images=4, width=32, height=32, steps=20, guidance_scale=4.0),
-        sampling=SamplingConfig(scheduler="ddim", batch_size=8, baseline=True),
+        sampling=SamplingConfig(scheduler="auto", batch_size=8, baseline=True),
         schedule=ScheduleConfig(every_n_steps=validate_every, validate_at_end=True),
         # One CLIP backbone serves clip_score, aesthetic_laion and diversity_clip: it runs once per image.
         metrics=MetricsConfig(

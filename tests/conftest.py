@@ -19,6 +19,14 @@ def clip_tokenizer(tmp_path_factory):
     return build_clip_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
+@pytest.fixture(scope="session")
+def t5_tokenizer(tmp_path_factory):
+    """A T5 unigram tokenizer over CLIP's word vocabulary, saved and loaded as SD3/Flux pipelines do."""
+    from sdcallbacks.testing.tokenizer import build_t5_tokenizer
+
+    return build_t5_tokenizer(tmp_path_factory.mktemp("t5_tokenizer"))
+
+
 @pytest.fixture
 def tiny_modules(clip_tokenizer):
     """Random-weight tiny UNet/VAE/text encoder (the world's architectures) with a LoRA on the UNet."""

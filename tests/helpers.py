@@ -71,3 +71,37 @@ def logged_aggregates(out) -> list[tuple[int, str, dict]]:
         for r in read_metrics(out / "metrics.jsonl")
         if r["type"] == "aggregate"
     ]
+
+
+def pipeline_of(modules):
+    """The family's diffusers pipeline built by hand from a :class:`TrainingModules` (the reference the
+    tests compare with): every module in eval mode, as ``from_pretrained`` leaves them, and a fresh copy of
+    the training scheduler."""
+    import diffusers
+
+    for module in modules.torch_modules():
+        module.eval()
+    names = [
+        "vae",
+        "text_encoder",
+        "tokenizer",
+        "text_encoder_2",
+        "tokenizer_2",
+        "text_encoder_3",
+        "tokenizer_3",
+    ]
+    parts = {n: getattr(modules, n) for n in names if getattr(modules, n) is not None}
+    parts["scheduler"] = type(modules.noise_scheduler).from_config(modules.noise_scheduler.config)
+    if isinstance(modules.transformer, diffusers.SD3Transformer2DModel):
+        parts.setdefault("text_encoder_3", None)
+        parts.setdefault("tokenizer_3", None)
+        pipe = diffusers.StableDiffusion3Pipeline(transformer=modules.transformer, **parts)
+    elif modules.transformer is not None:
+        pipe = diffusers.FluxPipeline(transformer=modules.transformer, **parts)
+    elif modules.text_encoder_2 is not None:
+        pipe = diffusers.StableDiffusionXLPipeline(unet=modules.unet, **parts)
+    else:
+        extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+        pipe = diffusers.StableDiffusionPipeline(unet=modules.unet, **parts, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -2,7 +2,7 @@
 
 Usage: python -m torch.distributed.run --nproc_per_node N tests/multiprocess_worker.py OUT TOKENIZER_DIR CLIP
 With FAIL_ON_LAST_RANK_AT=<step>, sampling raises on the last process at that step; SCORING_MODE=async scores
-in the background.
+in the background; FAMILY=flux trains tiny Flux modules instead of SD 1.x ones.
 """
 
 from __future__ import annotations
@@ -19,15 +19,19 @@ from accelerate import Accelerator
 from sdcallbacks import ValidationCallback
 from sdcallbacks.config import validate_config
 from sdcallbacks.metrics import build_metrics
-from sdcallbacks.testing.modules import perturb_lora, tiny_lora_modules
-from sdcallbacks.testing.tokenizer import build_clip_tokenizer
+from sdcallbacks.testing.modules import perturb_lora, tiny_flux_modules, tiny_lora_modules
+from sdcallbacks.testing.tokenizer import build_clip_tokenizer, build_t5_tokenizer
 from tests.helpers import MeanBrightness
 
 
 def main(out: Path, tokenizer_dir: Path, clip: str) -> None:
     accelerator = Accelerator(cpu=True)
     rank = accelerator.process_index
-    modules = tiny_lora_modules(build_clip_tokenizer(tokenizer_dir / f"rank{rank}"))
+    tokenizer = build_clip_tokenizer(tokenizer_dir / f"rank{rank}")
+    if os.environ.get("FAMILY") == "flux":
+        modules = tiny_flux_modules(tokenizer, build_t5_tokenizer(tokenizer_dir / f"t5_rank{rank}"))
+    else:
+        modules = tiny_lora_modules(tokenizer)
     data = {
         "output_dir": str(out),
         "prompts": [
@@ -66,7 +70,7 @@ def main(out: Path, tokenizer_dir: Path, clip: str) -> None:
         if control.should_stop:
             break
     cb.on_train_end(step)
-    lora = {n: p.sum().item() for n, p in modules.unet.named_parameters() if "lora" in n}
+    lora = {n: p.sum().item() for n, p in modules.denoiser.named_parameters() if "lora" in n}
     result = {
         "controls": controls,
         "best_step": cb.best_step,

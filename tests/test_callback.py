@@ -352,7 +352,7 @@ def test_ema_both_validates_the_trained_and_the_ema_weights_and_decides_on_the_f
     with torch.no_grad():
         for param in ema.shadow_params:
             param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(3)))
-    tiny_modules.ema_unet = ema
+    tiny_modules.ema = ema
     data = config(tmp_path, tagger_dir, sampling={"ema": "both", "baseline": False}, early_stopping=None)
     cb = ValidationCallback.from_config(data)
     start(cb, tiny_modules)
@@ -387,17 +387,27 @@ def with_val_loss(tmp_path, tagger_dir) -> dict:
     return {"tag_accuracy": {"model": str(tagger_dir)}, "val_loss": {"data": str(held_out), "resolution": 32}}
 
 
-def test_val_loss_runs_on_sdxl_modules_in_a_validation(tmp_path, tagger_dir, clip_tokenizer):
-    from sdcallbacks.testing.modules import tiny_sdxl_modules
+@pytest.mark.parametrize("family", ["sdxl", "flux"])
+def test_val_loss_runs_on_each_family_in_a_validation(
+    family, tmp_path, tagger_dir, clip_tokenizer, t5_tokenizer
+):
+    """Per timestep for the UNet families, per sigma for the flow-matching ones."""
+    from sdcallbacks.testing.modules import tiny_flux_modules, tiny_sdxl_modules
 
     metrics = with_val_loss(tmp_path, tagger_dir)
     cb = ValidationCallback.from_config(config(tmp_path, tagger_dir, metrics=metrics))
-    start(cb, tiny_sdxl_modules(clip_tokenizer))
+    modules = (
+        tiny_sdxl_modules(clip_tokenizer)
+        if family == "sdxl"
+        else tiny_flux_modules(clip_tokenizer, t5_tokenizer)
+    )
+    start(cb, modules)
     cb.on_step_end(2)
     rows = [r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if r["type"] == "aggregate"]
     assert [r["variant"] for r in rows] == ["base", "model"]
     assert all(math.isfinite(r["values"]["val/val_loss"]) for r in rows)
-    assert "val/val_loss/delta" in rows[1]["values"] and "val/val_loss/t200" in rows[1]["values"]
+    point = "t200" if family == "sdxl" else "sigma0.75"
+    assert "val/val_loss/delta" in rows[1]["values"] and f"val/val_loss/{point}" in rows[1]["values"]
 
 
 def test_val_loss_with_a_scheduler_it_cannot_model_is_a_config_error_before_training(

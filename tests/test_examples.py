@@ -128,13 +128,13 @@ def test_dreambooth_example_trains_validates_and_resumes_on_the_tiny_world(tiny_
     assert len(best) == 1
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "sd3", "flux"])
 def test_the_example_runs_offline_for_each_family_and_its_best_lora_loads(family, tiny_world, tmp_path):
     """Issue 13's line, ``--tiny_world --family F --max_train_steps 20``: the baseline and a later
     validation, metrics.jsonl, a best checkpoint whose printed path a fresh pipeline of the family loads."""
     import re
 
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    import diffusers
 
     from sdcallbacks.testing.families import family_pipeline
 
@@ -146,7 +146,9 @@ def test_the_example_runs_offline_for_each_family_and_its_best_lora_loads(family
     assert [(a["step"], a["variant"]) for a in aggregates] == [(0, "base"), (20, "model")]
     best = Path(re.search(r"at (\S+); stopping reason", done.stdout).group(1))
     assert best.parent == out / "validation" / "checkpoints"
-    pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-    pipe = pipeline_class.from_pretrained(family_pipeline(family, tiny_world))
+    pipelines = {"sd15": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
+    pipelines |= {"sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}
+    pipe = getattr(diffusers, pipelines[family]).from_pretrained(family_pipeline(family, tiny_world))
     pipe.load_lora_weights(best)
-    assert any("lora" in name for name, _ in pipe.unet.named_parameters())
+    denoiser = pipe.transformer if family in ("sd3", "flux") else pipe.unet
+    assert any("lora" in name for name, _ in denoiser.named_parameters())

@@ -13,9 +13,9 @@ from PIL import Image
 from sdcallbacks import ValidationCallback
 from sdcallbacks.config import validate_config
 from sdcallbacks.sampling.families import ModulesError
-from sdcallbacks.sampling.pipeline import TrainingModules
-from sdcallbacks.testing.modules import tiny_sdxl_modules
-from tests.helpers import MeanBrightness, Scripted, start
+from sdcallbacks.sampling.modules import TrainingModules
+from sdcallbacks.testing.modules import tiny_flux_modules, tiny_sd3_modules, tiny_sdxl_modules
+from tests.helpers import MeanBrightness, Scripted, pipeline_of, start
 
 
 def run_config(tmp_path, **overrides):
@@ -31,28 +31,17 @@ def run_config(tmp_path, **overrides):
     return validate_config(data)
 
 
-def pipeline_of(modules: TrainingModules):
-    import diffusers
-
-    names = ["vae", "text_encoder", "tokenizer", "unet"]
-    if modules.text_encoder_2 is not None:
-        names += ["text_encoder_2", "tokenizer_2"]
-        return diffusers.StableDiffusionXLPipeline(
-            **{n: getattr(modules, n) for n in names}, scheduler=modules.noise_scheduler
-        )
-    return diffusers.StableDiffusionPipeline(
-        **{n: getattr(modules, n) for n in names},
-        scheduler=modules.noise_scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
-@pytest.mark.parametrize("family", ["sd", "sdxl"])
-def test_a_pipelines_components_are_taken_as_they_are(family, tmp_path, clip_tokenizer, tiny_modules):
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
+def test_a_pipelines_components_are_taken_as_they_are(
+    family, tmp_path, clip_tokenizer, t5_tokenizer, tiny_modules
+):
     """``on_train_start(components=pipe.components)`` draws what the same modules given by name draw."""
-    modules = tiny_sdxl_modules(clip_tokenizer) if family == "sdxl" else tiny_modules
+    modules = {
+        "sd": lambda: tiny_modules,
+        "sdxl": lambda: tiny_sdxl_modules(clip_tokenizer),
+        "sd3": lambda: tiny_sd3_modules(clip_tokenizer, t5_tokenizer),
+        "flux": lambda: tiny_flux_modules(clip_tokenizer, t5_tokenizer),
+    }[family]()
     by_name = ValidationCallback(run_config(tmp_path / "by_name"), metrics=[MeanBrightness()])
     start(by_name, modules)
     as_components = ValidationCallback(run_config(tmp_path / "components"), metrics=[MeanBrightness()])
@@ -106,7 +95,9 @@ def test_mixed_or_unsupported_modules_are_named_before_training(tmp_path, clip_t
         start(cb, tiny_modules)
     with pytest.raises(TypeError, match=r"missing module\(s\) \['vae'\]"):
         cb.on_train_start(components={**pipeline_of(tiny_modules).components, "vae": None})
-    with pytest.raises(TypeError, match=r"unknown module name\(s\) \['transformer'\]"):
+    with pytest.raises(TypeError, match=r"unknown module name\(s\) \['text_encoder_4'\]"):
+        cb.on_train_start(components={**pipeline_of(tiny_modules).components, "text_encoder_4": object()})
+    with pytest.raises(TypeError, match=r"unet \(SD, SDXL\) or transformer \(SD3, Flux\); both given"):
         cb.on_train_start(components={**pipeline_of(tiny_modules).components, "transformer": object()})
 
 

@@ -39,9 +39,12 @@ def records(out: Path, kind: str) -> list[dict]:
     return [r for r in read_metrics(out / "metrics.jsonl") if r["type"] == kind]
 
 
-def test_two_processes_equal_one_image_for_image(tmp_path, backbones):
-    one = launch(1, tmp_path / "one", tmp_path / "tok1", backbones.clip)
-    two = launch(2, tmp_path / "two", tmp_path / "tok2", backbones.clip)
+@pytest.mark.parametrize("family", ["sd", "flux"])
+def test_two_processes_equal_one_image_for_image(family, tmp_path, backbones):
+    """SD 1.x, and Flux for the transformer families (packed latents, T5, flow matching, transformer LoRA
+    checkpoints restored at the end)."""
+    one = launch(1, tmp_path / "one", tmp_path / "tok1", backbones.clip, FAMILY=family)
+    two = launch(2, tmp_path / "two", tmp_path / "tok2", backbones.clip, FAMILY=family)
 
     # the same decisions, on every rank, as with one process
     assert two[0]["controls"] == two[1]["controls"] == one[0]["controls"]

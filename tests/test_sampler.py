@@ -112,7 +112,7 @@ def test_ema_variant_swaps_weights_back_bit_exactly(tiny_modules, jobs):
     with torch.no_grad():
         for p in ema.shadow_params:
             p.add_(0.01)
-    tiny_modules.ema_unet = ema
+    tiny_modules.ema = ema
     before = [p.detach().clone() for p in unet.parameters()]
     ValidationSampler(tiny_modules, batch_size=3).sample(jobs[:3], variant="ema")
     assert all(torch.equal(a, b) for a, b in zip(before, unet.parameters()))
@@ -258,9 +258,9 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_warned_once(tiny_modules
     assert len(warnings) == 1 and "tag0, tag1" in warnings[0]
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
 def test_bf16_weights_with_cpu_autocast_sample_and_keep_every_dtype(
-    family, tiny_modules, clip_tokenizer, jobs, tmp_path
+    family, tiny_modules, clip_tokenizer, t5_tokenizer, jobs, tmp_path
 ):
     """As diffusers' scripts run mixed precision: frozen weights in bf16, the LoRA in fp32, autocast to
     bf16. Sampling and val_loss work, their results are near fp32's, and no parameter changes dtype."""
@@ -268,19 +268,29 @@ def test_bf16_weights_with_cpu_autocast_sample_and_keep_every_dtype(
 
     from sdcallbacks.config.metrics import ValLossConfig
     from sdcallbacks.metrics.loss import ValidationLoss
-    from sdcallbacks.testing.modules import perturb_lora, tiny_sdxl_modules
+    from sdcallbacks.testing.modules import (
+        perturb_lora,
+        tiny_flux_modules,
+        tiny_sd3_modules,
+        tiny_sdxl_modules,
+    )
     from sdcallbacks.testing.shapes import draw_square
 
-    modules = tiny_sdxl_modules(clip_tokenizer) if family == "sdxl" else tiny_modules
+    modules = {
+        "sd": lambda: tiny_modules,
+        "sdxl": lambda: tiny_sdxl_modules(clip_tokenizer),
+        "sd3": lambda: tiny_sd3_modules(clip_tokenizer, t5_tokenizer),
+        "flux": lambda: tiny_flux_modules(clip_tokenizer, t5_tokenizer),
+    }[family]()
     perturb_lora(modules, step=1)
     draw_square("red", "white", 32, np.random.default_rng(0)).save(tmp_path / "a.png")
     (tmp_path / "a.txt").write_text("red square", encoding="utf-8")
-    loss = ValidationLoss(ValLossConfig(data=tmp_path, resolution=32, timesteps=[500]))
+    loss = ValidationLoss(ValLossConfig(data=tmp_path, resolution=32, timesteps=[500], sigmas=[0.5]))
     full = pixels(ValidationSampler(modules, batch_size=2).sample(jobs[:2])).astype(float)
     full_loss = loss.evaluate(modules)["val_loss"]
     for module in modules.torch_modules():
         module.to(dtype=torch.bfloat16)
-    cast_training_params(modules.unet, dtype=torch.float32)
+    cast_training_params(modules.denoiser, dtype=torch.float32)
     dtypes = {n: p.dtype for m in modules.torch_modules() for n, p in m.named_parameters()}
     half = pixels(ValidationSampler(modules, batch_size=2, mixed_precision="bf16").sample(jobs[:2])).astype(
         float
@@ -289,3 +299,30 @@ def test_bf16_weights_with_cpu_autocast_sample_and_keep_every_dtype(
     assert {n: p.dtype for m in modules.torch_modules() for n, p in m.named_parameters()} == dtypes
     assert np.abs(half - full).mean() < 8  # bf16 rounding, not another image
     assert half_loss == pytest.approx(full_loss, rel=0.05)
+
+
+def test_sdxls_fp16_vae_is_upcast_to_decode_and_left_fp16_even_when_decoding_fails(clip_tokenizer, jobs):
+    """As StableDiffusionXLPipeline does with ``force_upcast``: the fp16 VAE decodes in fp32 (an fp16 SDXL
+    VAE overflows), then is fp16 again; a decode that raises after the upcast leaves it fp16 too."""
+    from sdcallbacks.testing.modules import tiny_sdxl_modules
+
+    modules = tiny_sdxl_modules(clip_tokenizer)
+    assert modules.vae.config.force_upcast
+    full = pixels(ValidationSampler(modules, batch_size=2).sample(jobs[:2])).astype(float)
+    modules.vae.to(torch.float16)
+    decode, seen = modules.vae.decode, []
+
+    def spy(latents, *args, **kwargs):
+        seen.append((latents.dtype, next(modules.vae.parameters()).dtype))
+        if len(seen) > 1:
+            raise RuntimeError("out of memory while decoding")
+        return decode(latents, *args, **kwargs)
+
+    modules.vae.decode = spy
+    half = pixels(ValidationSampler(modules, batch_size=2).sample(jobs[:2])).astype(float)
+    assert seen == [(torch.float32, torch.float32)]
+    assert {p.dtype for p in modules.vae.parameters()} == {torch.float16}
+    assert np.abs(half - full).mean() < 2  # fp16 encoder-side rounding only
+    with pytest.raises(RuntimeError, match="out of memory"):
+        ValidationSampler(modules, batch_size=2).sample(jobs[:2])
+    assert {p.dtype for p in modules.vae.parameters()} == {torch.float16}

@@ -16,7 +16,8 @@ from sdcallbacks.aggregation.composite import ScoreWeight, composite_score
 from sdcallbacks.aggregation.records import ImageRecord
 from sdcallbacks.cli import main as cli
 from sdcallbacks.config import ConfigError, validate_config
-from sdcallbacks.sampling.pipeline import TrainingModules, build_pipeline
+from sdcallbacks.sampling.modules import TrainingModules
+from sdcallbacks.sampling.pipeline import build_pipeline
 from sdcallbacks.sampling.sampler import ValidationSampler
 from sdcallbacks.selection import ModelCheckpoint
 from sdcallbacks.selection import checkpoint as checkpoint_module
@@ -233,7 +234,7 @@ def test_best_lora_is_a_detached_snapshot_that_reloads_and_reproduces_its_image(
     base_unet.delete_adapters("default")
     pipe = build_pipeline(pristine, "ddim")
     pipe.load_lora_weights(cb.best_model_path)
-    fresh = TrainingModules(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, m.noise_scheduler)
+    fresh = TrainingModules.from_components(pipe.components, noise_scheduler=m.noise_scheduler)
     job = cb.validation.jobs[0]
     (image,) = ValidationSampler(fresh, scheduler="ddim", batch_size=1).sample([job])
     drawn = Image.open(tmp_path / "out" / "samples" / "step_0000002" / f"{job.file_stem}.png")
@@ -281,7 +282,7 @@ def test_a_saved_lora_redraws_its_images_in_a_fresh_pipeline_whatever_its_config
     pristine.unet.delete_adapters("default")
     pipe = build_pipeline(pristine, "ddim")
     pipe.load_lora_weights(cb.best_model_path)
-    fresh = TrainingModules(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, modules.noise_scheduler)
+    fresh = TrainingModules.from_components(pipe.components, noise_scheduler=modules.noise_scheduler)
     redrawn = ValidationSampler(fresh, scheduler="ddim", batch_size=2).sample(cb.validation.jobs)
     for job, image in zip(cb.validation.jobs, redrawn):
         drawn = Image.open(tmp_path / "out" / "samples" / "step_0000002" / f"{job.file_stem}.png")

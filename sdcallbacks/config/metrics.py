@@ -191,10 +191,17 @@ class CcipConfig(ReferenceMetricConfig):
 
 
 class ValLossConfig(StrictModel):
-    """Denoising loss on held-out images at fixed timesteps with fixed noise (no sampling)."""
+    """Denoising loss on held-out images at fixed timesteps (or sigmas) with fixed noise (no sampling)."""
 
     data: Path = Field(description="Folder of held-out images with same-stem .txt captions.")
-    timesteps: list[int] = Field(default_factory=lambda: [200, 400, 600, 800])
+    timesteps: list[int] = Field(
+        default_factory=lambda: [200, 400, 600, 800], description="DDPM timesteps (SD, SDXL)."
+    )
+    sigmas: list[float] = Field(
+        default_factory=lambda: [1.0, 0.75, 0.5, 0.25],
+        description="Flow-matching sigmas before the scheduler's shift (SD3, Flux).",
+    )
+    guidance: float = Field(3.5, ge=0.0, description="Flux's distilled guidance for the loss.")
     resolution: ImageSide = 512
     batch_size: PositiveInt = 4
     seed: Seed = 0
@@ -209,6 +216,15 @@ class ValLossConfig(StrictModel):
             raise ValueError("list at least one timestep")
         if any(t < 0 for t in values):
             raise ValueError("timesteps must be >= 0")
+        return values
+
+    @field_validator("sigmas")
+    @classmethod
+    def _sigmas(cls, values: list[float]) -> list[float]:
+        if not values:
+            raise ValueError("list at least one sigma")
+        if any(not 0.0 < s <= 1.0 for s in values):
+            raise ValueError("sigmas must be in (0, 1]")
         return values
 
 

@@ -58,10 +58,18 @@ class PromptEntry(StrictModel):
 class SamplingConfig(StrictModel):
     """How validation images are drawn from the live training modules."""
 
-    family: Literal["auto", "sd", "sdxl"] = Field(
+    family: Literal["auto", "sd", "sdxl", "sd3", "flux"] = Field(
         "auto", description="The model family; auto: told from the modules given to on_train_start."
     )
-    scheduler: Literal["ddim", "euler", "euler_a", "dpm++", "pndm", "training"] = "ddim"
+    scheduler: Literal["auto", "ddim", "euler", "euler_a", "dpm++", "pndm", "training"] = Field(
+        "auto",
+        description="auto: ddim for SD/SDXL, the training scheduler (flow matching) for SD3/Flux; "
+        "training: a fresh copy of the training noise scheduler's class and config.",
+    )
+    max_sequence_length: PositiveInt | None = Field(
+        None,
+        description="T5 tokens read per prompt (SD3, Flux); default: the pipeline's (SD3 256, Flux 512).",
+    )
     batch_size: PositiveInt = 4
     ema: Literal["none", "ema", "both"] = "none"
     baseline: bool = Field(True, description="Validate the base model (LoRA disabled) before training.")

@@ -14,7 +14,9 @@ from sdcallbacks.metrics import BackbonePool, Metric, build_metrics
 from sdcallbacks.metrics.loss import ValidationLoss
 from sdcallbacks.outputs.writer import OutputWriter
 from sdcallbacks.prompts.library import expand_jobs, load_prompts
-from sdcallbacks.sampling.pipeline import TrainingModules
+from sdcallbacks.sampling.families import Family
+from sdcallbacks.sampling.modules import TrainingModules
+from sdcallbacks.sampling.pipeline import scheduler_problem
 from sdcallbacks.sampling.sampler import ValidationSampler
 from sdcallbacks.selection.checks import check_config
 from sdcallbacks.selection.selection import Selection
@@ -62,6 +64,26 @@ def build_validation(
     )
 
 
+def family_problems(
+    config: RunConfig, family: Family, modules: TrainingModules, validation: Validation
+) -> list[str]:
+    """What of ``config`` the modules' family cannot do (raised before training): a sampler of another
+    kind of model, an image side its latents cannot take, a ``val_loss`` it cannot compute."""
+    problems = [p for p in [scheduler_problem(family, config.sampling.scheduler)] if p]
+    factor = family.size_factor(modules)
+    sizes = {(job.prompt.name, job.prompt.width, job.prompt.height) for job in validation.jobs}
+    for name, width, height in sorted(sizes):
+        if width % factor or height % factor:
+            problems.append(
+                f"prompt {name!r}: width and height are {width}x{height} px; these {family.name} modules "
+                f"draw sides that are a multiple of {factor} (VAE downscale x latent patch)"
+            )
+    loss = validation.val_loss
+    if loss is not None and (problem := loss.unsupported(modules, family)) is not None:
+        problems.append(problem)
+    return problems
+
+
 def build_sampler(config: RunConfig, modules: TrainingModules, accelerator: Any = None) -> ValidationSampler:
     """The sampler of ``config`` over ``modules``, on the accelerator's device and mixed precision."""
     return ValidationSampler(
@@ -70,6 +92,7 @@ def build_sampler(config: RunConfig, modules: TrainingModules, accelerator: Any 
         batch_size=config.sampling.batch_size,
         device=accelerator.device if accelerator is not None else None,
         mixed_precision=str(getattr(accelerator, "mixed_precision", "no") or "no"),
+        max_sequence_length=config.sampling.max_sequence_length,
     )
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from sdcallbacks.execution.processes import ValidationFailed
 from sdcallbacks.execution.synchronous import Conclude
 from sdcallbacks.runtime import BackgroundTask, MemoryMeter, side_stream
-from sdcallbacks.sampling.pipeline import TrainingModules
+from sdcallbacks.sampling.modules import TrainingModules
 from sdcallbacks.selection.selection import Decision
 from sdcallbacks.selection.snapshots import WeightsSnapshot
 from sdcallbacks.validation.core import Validation

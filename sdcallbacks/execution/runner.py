@@ -30,7 +30,7 @@ from sdcallbacks.execution.publish import Publisher
 from sdcallbacks.execution.synchronous import SynchronousScoring
 from sdcallbacks.outputs.claim import claim_output_dir
 from sdcallbacks.runtime import MemoryMeter
-from sdcallbacks.sampling.pipeline import TrainingModules
+from sdcallbacks.sampling.modules import TrainingModules
 from sdcallbacks.selection.selection import Decision, Selection
 from sdcallbacks.selection.snapshots import WeightsSnapshot
 from sdcallbacks.validation.core import Validation

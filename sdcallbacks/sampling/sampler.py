@@ -9,22 +9,28 @@ Guarantees, each covered by a test:
 * no parameter changes dtype or device; the training scheduler is not touched;
 * sampling runs under ``no_grad`` and autocast that follows the accelerator's mixed precision.
 
-``variant`` selects the weights (:mod:`sdcallbacks.sampling.variants`).
+``variant`` selects the weights (:mod:`sdcallbacks.sampling.variants`). Every family draws through its
+own diffusers pipeline (:mod:`sdcallbacks.sampling.families`). For Flux, a prompt's ``guidance_scale`` is
+the distilled guidance the transformer is conditioned on (FluxPipeline's ``guidance_scale``), with one
+pass per step and no negative prompt; a negative prompt is ignored with a warning.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import groupby
+from typing import Any
 
 import torch
 from PIL import Image
 
 from sdcallbacks.prompts.library import ImageJob
+from sdcallbacks.sampling.families import resolve_family, tokenizer_of
 from sdcallbacks.sampling.modes import eval_mode
-from sdcallbacks.sampling.pipeline import TrainingModules, build_pipeline, unwrap
+from sdcallbacks.sampling.modules import TrainingModules, unwrap
+from sdcallbacks.sampling.pipeline import build_pipeline
 from sdcallbacks.sampling.rng import isolated_rng
 from sdcallbacks.sampling.variants import Variant, variant_weights
 
@@ -39,6 +45,19 @@ def autocast_for(device: torch.device, mixed_precision: str) -> contextlib.Abstr
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+@contextlib.contextmanager
+def vae_dtypes_kept(vae: torch.nn.Module) -> Iterator[None]:
+    """SDXL's pipeline decodes an fp16 VAE with ``force_upcast`` in fp32 (``upcast_vae``) and casts it back
+    only when decoding succeeds: the shared VAE gets its dtypes back here whatever happened."""
+    dtypes = {param: param.dtype for param in unwrap(vae).parameters()}
+    try:
+        yield
+    finally:
+        for param, dtype in dtypes.items():
+            if param.dtype != dtype:
+                param.data = param.data.to(dtype)
+
+
 def _settings(job: ImageJob) -> tuple[int, int, int, float]:
     p = job.prompt
     return (p.width, p.height, p.steps, p.guidance_scale)
@@ -51,19 +70,34 @@ class ValidationSampler:
         self,
         modules: TrainingModules,
         *,
-        scheduler: str = "ddim",
+        scheduler: str = "auto",
         batch_size: int = 4,
         device: torch.device | str | None = None,
         mixed_precision: str = "no",
+        max_sequence_length: int | None = None,
     ):
         self.modules = modules
+        self.family = resolve_family(modules)
         self.scheduler = scheduler
         self.batch_size = batch_size
         self.device = (
-            torch.device(device) if device is not None else next(unwrap(modules.unet).parameters()).device
+            torch.device(device) if device is not None else next(unwrap(modules.denoiser).parameters()).device
         )
         self.mixed_precision = mixed_precision
+        self.max_sequence_length = max_sequence_length or self.family.max_sequence_length
         self.checked: set[str] = set()  # prompts already counted against the text encoders
+        self.negative_ignored = False  # warned that Flux ignores negative prompts
+
+    def token_limits(self) -> list[tuple[Any, int]]:
+        """(tokenizer, tokens its encoder reads) of every text encoder: CLIP's ``model_max_length``, T5's
+        ``max_sequence_length``."""
+        limits = []
+        for encoder in self.family.encoders + self.family.optional_encoders:
+            tokenizer = getattr(self.modules, tokenizer_of(encoder))
+            if tokenizer is not None:
+                t5 = encoder == self.family.t5
+                limits.append((tokenizer, self.max_sequence_length if t5 else tokenizer.model_max_length))
+        return limits
 
     def warn_if_truncated(self, jobs: Sequence[ImageJob]) -> None:
         """Warn once per prompt (and negative prompt) longer than a text encoder reads: the pipeline cuts
@@ -71,8 +105,7 @@ class ValidationSampler:
         texts = dict.fromkeys(t for job in jobs for t in (job.prompt.prompt, job.prompt.negative_prompt) if t)
         for text in texts.keys() - self.checked:
             self.checked.add(text)  # the prompt set is the same at every validation: count each once
-            for tokenizer in (t for t in (self.modules.tokenizer, self.modules.tokenizer_2) if t is not None):
-                limit = tokenizer.model_max_length
+            for tokenizer, limit in self.token_limits():
                 count = len(tokenizer(text, truncation=False).input_ids)
                 if count > limit:
                     logger.warning(
@@ -84,6 +117,16 @@ class ValidationSampler:
                     )
                     break
 
+    def warn_if_negative_ignored(self, jobs: Sequence[ImageJob]) -> None:
+        if self.family.name != "flux" or self.negative_ignored:
+            return
+        if any(job.prompt.negative_prompt for job in jobs):
+            self.negative_ignored = True
+            logger.warning(
+                "sdcallbacks: Flux draws without negative prompts (its guidance is distilled into the "
+                "transformer); the validation prompts' negative_prompt is ignored"
+            )
+
     def variant_weights(self, variant: Variant) -> contextlib.AbstractContextManager:
         return variant_weights(self.modules, variant)
 
@@ -92,6 +135,7 @@ class ValidationSampler:
         if not jobs:
             return []
         self.warn_if_truncated(jobs)
+        self.warn_if_negative_ignored(jobs)
         cuda_devices = [self.device.index or 0] if self.device.type == "cuda" else []
         images: list[Image.Image] = []
         with (
@@ -100,6 +144,7 @@ class ValidationSampler:
             self.variant_weights(variant),
             torch.no_grad(),
             autocast_for(self.device, self.mixed_precision),
+            vae_dtypes_kept(self.modules.vae),
         ):
             pipe = build_pipeline(self.modules, self.scheduler)
             try:
@@ -117,14 +162,19 @@ class ValidationSampler:
     def _call(self, pipe, chunk: list[ImageJob], width: int, height: int, steps: int, cfg: float):
         generators = [torch.Generator("cpu").manual_seed(job.seed) for job in chunk]
         negative = [job.prompt.negative_prompt for job in chunk]
+        options = {}
+        if self.family.t5 is not None:
+            options["max_sequence_length"] = self.max_sequence_length
+        if self.family.name != "flux":
+            options["negative_prompt"] = negative if cfg > 1.0 and any(negative) else None
         out = pipe(
             prompt=[job.prompt.prompt for job in chunk],
-            negative_prompt=negative if cfg > 1.0 and any(negative) else None,
             width=width,
             height=height,
             num_inference_steps=steps,
             guidance_scale=cfg,
             generator=generators,
             output_type="pil",
+            **options,
         )
         return [im.convert("RGB") for im in out.images]

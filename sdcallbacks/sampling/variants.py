@@ -1,7 +1,8 @@
 """Which weights a validation draws from: its variants, and swapping their weights in and back out.
 
 * ``"model"``: the weights as trained;
-* ``"ema"``: the EMA weights (diffusers' ``EMAModel``) swapped into the UNet, swapped back in ``finally``;
+* ``"ema"``: the EMA weights (diffusers' ``EMAModel``) swapped into the denoiser (UNet or transformer),
+  swapped back in ``finally``;
 * ``"base"``: the LoRA adapters disabled (the model before training), for the baseline validation.
 
 ``sampling.ema`` picks the variants of every validation (``none``: model, ``ema``: ema, ``both``: model then
@@ -17,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from sdcallbacks.sampling.pipeline import TrainingModules, unwrap
+from sdcallbacks.sampling.modules import TrainingModules, unwrap
 
 Variant = Literal["model", "ema", "base"]
 
@@ -60,16 +61,18 @@ def adapters_disabled(modules: TrainingModules) -> Iterator[None]:
 
 @contextlib.contextmanager
 def ema_weights(modules: TrainingModules) -> Iterator[None]:
-    """Swap the EMA weights into the UNet for the body (``store``/``copy_to``/``restore``)."""
-    if modules.ema_unet is None:
-        raise ValueError("sampling.ema is 'ema' or 'both' but no ema_unet was passed to on_train_start")
-    params = list(unwrap(modules.unet).parameters())
-    modules.ema_unet.store(params)
+    """Swap the EMA weights into the denoiser for the body (``store``/``copy_to``/``restore``)."""
+    if modules.ema is None:
+        raise ValueError(
+            "sampling.ema is 'ema' or 'both' but no ema_unet (or ema_transformer) was given to on_train_start"
+        )
+    params = list(unwrap(modules.denoiser).parameters())
+    modules.ema.store(params)
     try:
-        modules.ema_unet.copy_to(params)
+        modules.ema.copy_to(params)
         yield
     finally:
-        modules.ema_unet.restore(params)
+        modules.ema.restore(params)
 
 
 def variant_weights(modules: TrainingModules, variant: Variant) -> contextlib.AbstractContextManager:

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
-from sdcallbacks.sampling.pipeline import TrainingModules
+from sdcallbacks.sampling.modules import TrainingModules
 from sdcallbacks.selection.snapshots import WeightsSnapshot, save_weights
 
 _STAGING = re.compile(r"\.(tmp|old)-[0-9a-f]{32}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sdcallbacks.config.schema import RunConfig
-from sdcallbacks.sampling.pipeline import TrainingModules
+from sdcallbacks.sampling.modules import TrainingModules
 from sdcallbacks.selection.checkpoint import ModelCheckpoint
 from sdcallbacks.selection.early_stopping import EarlyStopping, StoppingReason
 from sdcallbacks.selection.snapshots import WeightsSnapshot, load_weights

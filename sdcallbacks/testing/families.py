@@ -1,10 +1,11 @@
 """Pipeline folders of every model family for the offline examples, in diffusers' published layout.
 
 ``sd15`` is the tiny world's pretrained pipeline (it learns; the demo's). The others are random-weight
-tiny pipelines, built in seconds with the tiny world's real CLIP tokenizer and saved with the pipeline's
-own ``save_pretrained`` (``model_index.json``, one folder per component), so ``from_pretrained`` and the
-examples' per-component loading read them as they read a published model. Cached beside the tiny world,
-as ``tiny-<family>-v<FAMILY_VERSION>/pipeline``.
+tiny pipelines, built in seconds with the tiny world's real CLIP tokenizer (and for SD3 and Flux a T5
+tokenizer built from its vocabulary, :func:`~sdcallbacks.testing.tokenizer.build_t5_tokenizer`), saved
+with the pipeline's own ``save_pretrained`` (``model_index.json``, one folder per component), so
+``from_pretrained`` and the examples' per-component loading read them as they read a published model.
+Cached beside the tiny world, as ``tiny-<family>-v<FAMILY_VERSION>/pipeline``.
 """
 
 from __future__ import annotations
@@ -14,30 +15,27 @@ from pathlib import Path
 
 from sdcallbacks.testing.world import Progress, TinyWorld, print_progress, staged_build
 
-FAMILIES = ("sd15", "sdxl")
+FAMILIES = ("sd15", "sdxl", "sd3", "flux")
 FAMILY_VERSION = 1
 
 
-def _build_sdxl(folder: Path, world: TinyWorld) -> None:
-    from diffusers import StableDiffusionXLPipeline
+def _build(family: str, folder: Path, world: TinyWorld) -> None:
     from transformers import CLIPTokenizer
 
-    from sdcallbacks.testing.modules import tiny_sdxl_modules
+    from sdcallbacks.sampling.pipeline import build_pipeline
+    from sdcallbacks.testing import modules
+    from sdcallbacks.testing.tokenizer import build_t5_tokenizer
 
     tokenizer = CLIPTokenizer.from_pretrained(world.pipeline_dir / "tokenizer")
-    modules = tiny_sdxl_modules(tokenizer, lora=False)
-    pipe = StableDiffusionXLPipeline(
-        vae=modules.vae,
-        text_encoder=modules.text_encoder,
-        text_encoder_2=modules.text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
-        unet=modules.unet,
-        scheduler=modules.noise_scheduler,
-    )
-    pipe.save_pretrained(folder / "pipeline")
+    if family == "sdxl":
+        live = modules.tiny_sdxl_modules(tokenizer, lora=False)
+    else:
+        t5 = build_t5_tokenizer(folder / "t5_tokenizer")
+        build = {"sd3": modules.tiny_sd3_modules, "flux": modules.tiny_flux_modules}[family]
+        live = build(tokenizer, t5, lora=False)
+    build_pipeline(live, "training").save_pretrained(folder / "pipeline")
     (folder / "READY.json").write_text(
-        json.dumps({"family": "sdxl", "version": FAMILY_VERSION}), encoding="utf-8"
+        json.dumps({"family": family, "version": FAMILY_VERSION}), encoding="utf-8"
     )
 
 
@@ -50,7 +48,7 @@ def family_pipeline(family: str, world: TinyWorld, progress: Progress | None = N
     root = world.root.parent / f"tiny-{family}-v{FAMILY_VERSION}"
     staged_build(
         root,
-        lambda staging: _build_sdxl(staging, world),
+        lambda staging: _build(family, staging, world),
         progress or print_progress,
         f"a tiny {family} pipeline in {root}",
     )

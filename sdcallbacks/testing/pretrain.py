@@ -20,20 +20,22 @@ IMAGE_SIZE = 32
 Progress = Callable[[str], None]
 
 
-def tiny_vae():
+def tiny_vae(**overrides: Any):
+    """The tiny world's VAE; ``overrides`` change its config (SD3/Flux's have a ``shift_factor``)."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(32, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=16,
-        sample_size=IMAGE_SIZE,
-    )
+    config = {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        "block_out_channels": (32, 32),
+        "layers_per_block": 1,
+        "latent_channels": 4,
+        "norm_num_groups": 16,
+        "sample_size": IMAGE_SIZE,
+    }
+    return AutoencoderKL(**{**config, **overrides})
 
 
 def tiny_text_encoder(vocab_size: int):

@@ -94,3 +94,41 @@ def build_clip_tokenizer(folder: Path):
         write_clip_tokenizer_files(folder)
     # transformers v5 ignores vocab_file=/merges_file= keywords: pass them positionally.
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+T5_WORDS = 8000  # whole words of CLIP's vocabulary that become T5 pieces
+
+
+def t5_vocabulary(words: int = T5_WORDS) -> list[tuple[str, float]]:
+    """A unigram vocabulary in T5's layout (``<pad>``, ``</s>``, ``<unk>``, then pieces with log-probability
+    scores): CLIP's first ``words`` whole-word merges as ``▁word`` pieces, scored by merge rank (an earlier
+    merge is a more frequent word), and every printable ASCII character alone and after ``▁`` with a low
+    score, so any English text segments into words where it can and characters where it must."""
+    import math
+    import string
+
+    with gzip.open(_bpe_file(), "rt", encoding="utf-8") as fh:
+        merges = fh.read().split("\n")[1 : 49152 - 256 - 2 + 1]
+    pieces: dict[str, float] = {}
+    for rank, merge in enumerate(merges):
+        token = "".join(merge.split())
+        if token.endswith("</w>") and token[:-4].isascii() and token[:-4].isalnum():
+            pieces.setdefault("▁" + token[:-4], -math.log(rank + 2))
+            if len(pieces) == words:
+                break
+    for char in string.ascii_letters + string.digits + string.punctuation:
+        pieces.setdefault("▁" + char, -20.0)
+        pieces.setdefault(char, -21.0)
+    pieces.setdefault("▁", -22.0)
+    return [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *pieces.items()]
+
+
+def build_t5_tokenizer(folder: Path, model_max_length: int = 512):
+    """A ``transformers.T5TokenizerFast`` (a unigram model, as the SentencePiece model of T5 v1.1 is) over
+    :func:`t5_vocabulary`, saved in ``folder`` with ``save_pretrained`` and loaded back from it, as Flux's
+    and SD3's pipelines load ``tokenizer_2``/``tokenizer_3``."""
+    from transformers import T5TokenizerFast
+
+    if not (folder / "tokenizer_config.json").is_file():
+        T5TokenizerFast(vocab=t5_vocabulary(), model_max_length=model_max_length).save_pretrained(folder)
+    return T5TokenizerFast.from_pretrained(folder)

@@ -35,7 +35,7 @@ from sdcallbacks.aggregation.records import ImageRecord, aggregate, set_values
 from sdcallbacks.metrics import BackbonePool, ImageBatch, ImageMetric, KeySpec, Metric
 from sdcallbacks.metrics.loss import ValidationLoss
 from sdcallbacks.prompts.library import ImageJob, PromptSpec, expand_jobs
-from sdcallbacks.sampling.pipeline import TrainingModules
+from sdcallbacks.sampling.modules import TrainingModules
 from sdcallbacks.sampling.rng import isolated_rng
 from sdcallbacks.sampling.sampler import ValidationSampler
 from sdcallbacks.sampling.variants import planned_variants
@@ -225,7 +225,7 @@ def validate(
     step: int = 0,
     *,
     baseline: bool = False,
-    scheduler: str = "ddim",
+    scheduler: str = "auto",
     batch_size: int = 4,
     device: Any = None,
     mixed_precision: str = "no",

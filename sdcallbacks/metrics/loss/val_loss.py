@@ -25,6 +25,16 @@ SDXL (``text_encoder_2`` given) is conditioned as diffusers' ``train_dreambooth_
 both encoders' penultimate hidden states side by side, the second encoder's pooled projection as
 ``text_embeds``, and ``time_ids`` = original size (h, w) of the image before resizing + top-left of the
 centre crop (y, x) + target size (resolution, resolution).
+
+Flow-matching families (SD3, Flux; the noise scheduler a ``FlowMatchEulerDiscreteScheduler``) are scored as
+diffusers' ``train_dreambooth_lora_sd3.py``/``_flux.py`` train them, at fixed sigmas instead of sampled ones
+(``sigmas``, default 1.0/0.75/0.5/0.25 as ai-toolkit): ``x = (1 - sigma) latents + sigma noise``, the
+transformer's prediction against the velocity ``noise - latents``, conditioned by the pipeline's own
+``encode_prompt``. Each sigma is first moved by the scheduler's timestep shift as its sampler moves it at
+this resolution (:func:`shifted_sigma`), so ``sigma0.5`` is the point halfway through a sampling run.
+Flux's latents are packed into 2x2 tokens with their image ids, its timestep is ``sigma`` and its distilled
+guidance ``guidance`` (3.5, diffusers' script default) where the transformer embeds one. Logged as
+``val/val_loss/sigma<s>``. SD3's ``--precondition_outputs`` (EDM-style x0 target) is not modelled.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,8 +51,10 @@ from PIL import Image, ImageOps
 from sdcallbacks.config.loading import ConfigError, read_text
 from sdcallbacks.config.metrics import ValLossConfig
 from sdcallbacks.metrics.images import UNREADABLE, image_files
+from sdcallbacks.sampling.families import Family, resolve_family
 from sdcallbacks.sampling.modes import eval_mode
-from sdcallbacks.sampling.pipeline import TrainingModules, unwrap
+from sdcallbacks.sampling.modules import TrainingModules, unwrap
+from sdcallbacks.sampling.pipeline import build_pipeline
 from sdcallbacks.sampling.rng import isolated_rng
 from sdcallbacks.sampling.sampler import autocast_for
 
@@ -63,6 +76,8 @@ DDPM_NOISING = frozenset(
         "UnCLIPScheduler",
     }
 )
+# Flow-matching noise schedulers: x_sigma = (1 - sigma) x0 + sigma noise; the target is noise - x0.
+FLOW_NOISING = frozenset({"FlowMatchEulerDiscreteScheduler"})
 
 
 def to_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
@@ -144,8 +159,11 @@ class ValidationLoss:
         self.skipped: dict[Path, str] = {}  # held-out images left out, and why
 
     def output_keys(self) -> list[str]:
-        """``val_loss`` (the mean over all timesteps) and ``val_loss/t<t>`` per timestep."""
-        return [self.name, *(f"{self.name}/t{t}" for t in self.config.timesteps)]
+        """``val_loss`` (the mean over all points) and one key per point: ``val_loss/t<t>`` per timestep of
+        a UNet family, ``val_loss/sigma<s>`` per sigma of a flow-matching one (both listed: the family is
+        known only once the modules are)."""
+        points = [f"t{t}" for t in self.config.timesteps] + [f"sigma{s:g}" for s in self.config.sigmas]
+        return [self.name, *(f"{self.name}/{point}" for point in points)]
 
     def data(self) -> tuple[list[Image.Image], list[str]]:
         """The held-out images with their captions (read once); uncaptioned or unreadable ones are skipped,
@@ -179,10 +197,18 @@ class ValidationLoss:
             self._data = (images, captions)
         return self._data
 
-    def unsupported(self, modules: TrainingModules) -> str | None:
+    def unsupported(self, modules: TrainingModules, family: Family | None = None) -> str | None:
         """Why this loss cannot be computed for ``modules`` (a config problem, raised before training), or
         None."""
+        family = family or resolve_family(modules)
         kind = type(modules.noise_scheduler).__name__
+        if family.flow_matching:
+            if kind in FLOW_NOISING:
+                return None
+            return (
+                f"metrics.val_loss: {family.name} is flow-matching but the noise scheduler is a {kind}; "
+                f"val_loss noises along the sigmas of a {' or '.join(sorted(FLOW_NOISING))}"
+            )
         if kind in DDPM_NOISING:
             return None
         return (
@@ -194,19 +220,20 @@ class ValidationLoss:
     def evaluate(
         self, modules: TrainingModules, device: torch.device | str | None = None, mixed_precision: str = "no"
     ) -> dict[str, float]:
-        unet, vae, text_encoder = unwrap(modules.unet), unwrap(modules.vae), unwrap(modules.text_encoder)
-        device = torch.device(device) if device is not None else next(unet.parameters()).device
-        scheduler = modules.noise_scheduler
-        timesteps = self.config.timesteps
-        top = scheduler.config.num_train_timesteps
-        if max(timesteps) >= top:
-            raise ValueError(f"val_loss.timesteps must be below num_train_timesteps={top}; got {timesteps}")
+        family = resolve_family(modules)
+        denoiser, vae = unwrap(modules.denoiser), unwrap(modules.vae)
+        device = torch.device(device) if device is not None else next(denoiser.parameters()).device
+        if not family.flow_matching:
+            top = modules.noise_scheduler.config.num_train_timesteps
+            if max(self.config.timesteps) >= top:
+                raise ValueError(
+                    f"val_loss.timesteps must be below num_train_timesteps={top}; got {self.config.timesteps}"
+                )
         images, captions = self.data()
-        losses = {t: [] for t in timesteps}
-        encoders = [m for m in (text_encoder, unwrap(modules.text_encoder_2)) if m is not None]
+        losses: dict[str, list[float]] = {}
         with (
             isolated_rng(),
-            eval_mode(unet, vae, *encoders),
+            eval_mode(*modules.torch_modules()),
             torch.no_grad(),
             autocast_for(device, mixed_precision),
         ):
@@ -218,20 +245,6 @@ class ValidationLoss:
                 latents = (
                     latents - (getattr(vae.config, "shift_factor", None) or 0.0)
                 ) * vae.config.scaling_factor
-                added = None
-                if modules.is_sdxl:
-                    context, pooled = sdxl_conditioning(modules, captions[start:stop], device)
-                    time_ids = torch.tensor([ids for _, ids in batch], device=device, dtype=context.dtype)
-                    added = {"text_embeds": pooled, "time_ids": time_ids}
-                else:
-                    ids = modules.tokenizer(
-                        captions[start:stop],
-                        padding="max_length",
-                        truncation=True,
-                        max_length=modules.tokenizer.model_max_length,
-                        return_tensors="pt",
-                    ).input_ids
-                    context = text_encoder(ids.to(device))[0]
                 noise = torch.stack(
                     [
                         torch.randn(
@@ -240,19 +253,136 @@ class ValidationLoss:
                         for i in range(start, start + len(latents))
                     ]
                 ).to(device, latents.dtype)
-                for t in timesteps:
-                    steps = torch.full((len(latents),), t, dtype=torch.long, device=device)
-                    noisy = scheduler.add_noise(latents, noise, steps)
-                    target = (
-                        scheduler.get_velocity(latents, noise, steps)
-                        if scheduler.config.prediction_type == "v_prediction"
-                        else latents
-                        if scheduler.config.prediction_type == "sample"
-                        else noise
-                    )
-                    prediction = unet(noisy, steps, context, added_cond_kwargs=added).sample
-                    per_image = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
-                    losses[t].extend(per_image.tolist())
-        out = {f"{self.name}/t{t}": float(np.mean(v)) for t, v in losses.items()}
+                if family.flow_matching:
+                    per_point = self._flow_losses(modules, family, latents, noise, captions[start:stop])
+                else:
+                    time_ids = [ids for _, ids in batch]
+                    per_point = self._ddpm_losses(modules, latents, noise, captions[start:stop], time_ids)
+                for key, per_image in per_point.items():
+                    losses.setdefault(key, []).extend(per_image.tolist())
+        out = {f"{self.name}/{key}": float(np.mean(v)) for key, v in losses.items()}
         out[self.name] = float(np.mean([v for values in losses.values() for v in values]))
         return out
+
+    def _ddpm_losses(
+        self,
+        modules: TrainingModules,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        captions: list[str],
+        time_ids: list[tuple[int, ...]],
+    ) -> dict[str, torch.Tensor]:
+        """Per-image MSE of the UNet at each of ``timesteps`` (keys ``t<t>``)."""
+        scheduler, unet, device = modules.noise_scheduler, unwrap(modules.unet), latents.device
+        added = None
+        if modules.text_encoder_2 is not None:  # SDXL
+            context, pooled = sdxl_conditioning(modules, captions, device)
+            added = {
+                "text_embeds": pooled,
+                "time_ids": torch.tensor(time_ids, device=device, dtype=context.dtype),
+            }
+        else:
+            ids = modules.tokenizer(
+                captions,
+                padding="max_length",
+                truncation=True,
+                max_length=modules.tokenizer.model_max_length,
+                return_tensors="pt",
+            ).input_ids
+            context = unwrap(modules.text_encoder)(ids.to(device))[0]
+        out = {}
+        for t in self.config.timesteps:
+            steps = torch.full((len(latents),), t, dtype=torch.long, device=device)
+            noisy = scheduler.add_noise(latents, noise, steps)
+            target = (
+                scheduler.get_velocity(latents, noise, steps)
+                if scheduler.config.prediction_type == "v_prediction"
+                else latents
+                if scheduler.config.prediction_type == "sample"
+                else noise
+            )
+            prediction = unet(noisy, steps, context, added_cond_kwargs=added).sample
+            out[f"t{t}"] = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+        return out
+
+    def _flow_losses(
+        self,
+        modules: TrainingModules,
+        family: Family,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        captions: list[str],
+    ) -> dict[str, torch.Tensor]:
+        """Per-image MSE of the transformer's velocity (``noise - latents``) at each of ``sigmas`` after the
+        scheduler's shift (keys ``sigma<s>``), conditioned as the family's pipeline conditions it."""
+        pipe = build_pipeline(modules, "training")  # the family's own encode_prompt and latent packing
+        transformer, device = unwrap(modules.transformer), latents.device
+        batch, channels, height, width = latents.shape
+        patch = family.patch(modules)
+        length = family.max_sequence_length
+        if family.name == "sd3":
+            embeds, _, pooled, _ = pipe.encode_prompt(
+                captions,
+                None,
+                None,
+                device=device,
+                do_classifier_free_guidance=False,
+                max_sequence_length=length,
+            )
+        else:
+            embeds, pooled, text_ids = pipe.encode_prompt(
+                captions, None, device=device, max_sequence_length=length
+            )
+            image_ids = pipe._prepare_latent_image_ids(batch, height // 2, width // 2, device, embeds.dtype)
+            guidance = None
+            if transformer.config.guidance_embeds:
+                guidance = torch.full((batch,), self.config.guidance, device=device)
+        out = {}
+        tokens = (height // patch) * (width // patch)
+        for s in self.config.sigmas:
+            sigma = shifted_sigma(modules.noise_scheduler, s, tokens)
+            noisy = (1.0 - sigma) * latents + sigma * noise
+            timestep = torch.full(
+                (batch,), sigma * modules.noise_scheduler.config.num_train_timesteps, device=device
+            )
+            if family.name == "sd3":
+                prediction = transformer(
+                    hidden_states=noisy,
+                    timestep=timestep,
+                    encoder_hidden_states=embeds,
+                    pooled_projections=pooled,
+                    return_dict=False,
+                )[0]
+            else:  # Flux reads 2x2 patches of the latents as tokens, and its timestep in [0, 1]
+                packed = pipe._pack_latents(noisy, batch, channels, height, width)
+                prediction = transformer(
+                    hidden_states=packed,
+                    timestep=timestep / 1000,
+                    guidance=guidance,
+                    pooled_projections=pooled,
+                    encoder_hidden_states=embeds,
+                    txt_ids=text_ids,
+                    img_ids=image_ids,
+                    return_dict=False,
+                )[0]
+                scale = pipe.vae_scale_factor
+                prediction = pipe._unpack_latents(prediction, height * scale, width * scale, scale)
+            target = noise - latents
+            out[f"sigma{s:g}"] = (prediction.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+        return out
+
+
+def shifted_sigma(scheduler: Any, sigma: float, tokens: int) -> float:
+    """``sigma`` moved by the scheduler's timestep shift, as its sampler moves it at this resolution: the
+    resolution-dependent ``mu`` of ``use_dynamic_shifting`` (Flux, over ``tokens`` latent tokens), else the
+    static ``shift`` (SD3's 3.0), ``shift * s / (1 + (shift - 1) * s)``."""
+    config = scheduler.config
+    if config.get("use_dynamic_shifting"):
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        mu = calculate_shift(
+            tokens, config.base_image_seq_len, config.max_image_seq_len, config.base_shift, config.max_shift
+        )
+        return float(scheduler.time_shift(mu, 1.0, torch.tensor(sigma, dtype=torch.float64)))
+    shift = config.shift
+    return shift * sigma / (1 + (shift - 1) * sigma)
