@@ -90,3 +90,69 @@ def test_the_readme_lines_stop_a_nested_epoch_loop_and_keep_the_stopping_checkpo
         "if stop_training:",
     ):
         assert re.search(rf"^\s*{re.escape(line)}$", readme, re.MULTILINE), line
+
+
+def readme_block(starting_with: str) -> str:
+    """The README's python block whose first line starts with ``starting_with``."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.DOTALL)
+    (block,) = [b for b in blocks if b.startswith(starting_with)]
+    return block
+
+
+def test_the_readme_lines_for_the_flux_script_outlive_its_del_of_the_text_encoders(
+    tmp_path, clip_tokenizer, t5_tokenizer, accelerator
+):
+    """``train_dreambooth_lora_flux.py`` encodes its instance prompt once and ``del``s the text encoders and
+    tokenizers before ``accelerator.prepare``: the README's dict, taken right after ``add_adapter``, keeps
+    them for validation; the README's blocks run as written against the script's variable names."""
+    from sdcallbacks.testing.modules import tiny_flux_modules
+
+    m = tiny_flux_modules(clip_tokenizer, t5_tokenizer)
+    script = {  # the script's names for its modules
+        "transformer": m.transformer,
+        "vae": m.vae,
+        "text_encoder_one": m.text_encoder,
+        "tokenizer_one": m.tokenizer,
+        "text_encoder_two": m.text_encoder_2,
+        "tokenizer_two": m.tokenizer_2,
+        "noise_scheduler": m.noise_scheduler,
+    }
+    del m
+    exec(readme_block("validation_modules = dict("), script)
+    for name in ("text_encoder_one", "text_encoder_two", "tokenizer_one", "tokenizer_two"):
+        del script[
+            name
+        ]  # the script's `del text_encoder_one, text_encoder_two, tokenizer_one, tokenizer_two`
+    config = validate_config(
+        {
+            "output_dir": str(tmp_path / "validation"),
+            "prompts": [{"name": "a", "prompt": "red square", "seeds": [1]}],
+            "defaults": {"width": 32, "height": 32, "steps": 2, "guidance_scale": 3.5},
+            "schedule": {"every_n_steps": 2},
+            "metrics": {},
+            "monitor": "val/worsening/mean",
+            "early_stopping": {"patience": 1},
+        }
+    )
+    script["cb"] = ValidationCallback(config, accelerator=accelerator, metrics=[Worsening()])
+    script["global_step"] = 0
+    exec(readme_block("cb.on_train_start(**validation_modules"), script)
+    cb, global_step = script["cb"], 0
+    stop_training = False
+    for _epoch in range(10):
+        for _step in range(3):
+            with torch.no_grad():
+                for name, param in script["transformer"].named_parameters():
+                    if "lora_B" in name:
+                        param.add_(0.01)
+            if accelerator.sync_gradients:
+                global_step += 1
+                stop_training = cb.on_step_end(global_step).should_stop
+            if global_step >= 30 or stop_training:
+                break
+        if stop_training:
+            break
+    cb.on_train_end(global_step)
+    assert global_step == 4 and cb.stopping_reason == "patience_exhausted"
+    samples = sorted({p.parent.name for p in (tmp_path / "validation" / "samples").glob("*/*.png")})
+    assert samples == ["step_0000000_base", "step_0000002", "step_0000004"]

@@ -287,3 +287,44 @@ def test_a_saved_lora_redraws_its_images_in_a_fresh_pipeline_whatever_its_config
     for job, image in zip(cb.validation.jobs, redrawn):
         drawn = Image.open(tmp_path / "out" / "samples" / "step_0000002" / f"{job.file_stem}.png")
         assert np.array_equal(np.asarray(image), np.asarray(drawn)), job.file_stem
+
+
+def test_a_bf16_lora_is_checkpointed_in_fp32_and_restored_into_bf16_exactly(tmp_path, tiny_modules):
+    """``--mixed_precision bf16`` scripts keep the LoRA in bf16: the best checkpoint holds the same values
+    in fp32 (as the scripts' own final save upcasts), and restore_best_at_end puts them back bit for bit."""
+    from safetensors.torch import load_file
+
+    unet = tiny_modules.unet
+    lora = {n: p for n, p in unet.named_parameters() if "lora" in n}
+    with torch.no_grad():
+        for param in lora.values():
+            param.data = param.data.to(torch.bfloat16)
+    config = validate_config(
+        {
+            "output_dir": str(tmp_path / "out"),
+            "prompts": [{"name": "a", "prompt": "red square", "seeds": [1]}],
+            "defaults": {"width": 32, "height": 32, "steps": 1, "guidance_scale": 1.0},
+            "sampling": {"baseline": False},
+            "schedule": {"every_n_steps": 2},
+            "metrics": {},
+            "monitor": "val/scripted/mean",
+            "early_stopping": {"restore_best_at_end": True},
+        }
+    )
+    cb = ValidationCallback(config, metrics=[Scripted([1.0, 0.5])])
+    cb.on_train_start(**vars(tiny_modules))
+    cb.on_step_end(2)
+    best = {n: p.detach().clone() for n, p in lora.items()}
+    with torch.no_grad():
+        for param in lora.values():
+            param.add_(0.5)
+    cb.on_step_end(4)
+    saved = load_file(f"{cb.best_model_path}/pytorch_lora_weights.safetensors")
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+
+    def values(tensors):  # every value, sorted: the file's keys are diffusers', the live names peft's
+        return torch.sort(torch.cat([t.flatten().float() for t in tensors])).values
+
+    assert torch.equal(values(saved.values()), values(best.values()))  # exact: fp32 holds every bf16
+    cb.on_train_end(4)
+    assert all(p.dtype == torch.bfloat16 and torch.equal(p, best[n]) for n, p in lora.items())

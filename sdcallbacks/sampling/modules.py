@@ -21,7 +21,7 @@ UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
 EMA_NAMES = ("ema_unet", "ema_transformer")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainingModules:
     """The modules a run trains or uses, registered once with ``on_train_start``. Exactly one of ``unet``
     (SD 1.x/2.x, SDXL) and ``transformer`` (SD3, Flux) is the denoiser."""

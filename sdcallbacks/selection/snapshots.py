@@ -2,14 +2,15 @@
 
 A LoRA is written by the family pipeline's ``save_lora_weights`` (``pytorch_lora_weights.safetensors``,
 loadable with that pipeline's ``load_lora_weights(folder)``) from detached CPU copies: peft's state dicts
-alias the live parameters, so an un-copied snapshot would follow training. A full fine-tune writes the
-UNet (``unet/``) or transformer (``transformer/``) with ``save_pretrained``. Never a pipeline
-``save_pretrained``: with an injected adapter it writes ``base_layer`` keys that no loader reads.
+alias the live parameters, so an un-copied snapshot would follow training. LoRA tensors are written in
+fp32 (:func:`fp32_copy`). A full fine-tune writes the UNet (``unet/``) or transformer (``transformer/``)
+with ``save_pretrained``, in the dtype it trains in. Never a pipeline ``save_pretrained``: with an injected
+adapter it writes ``base_layer`` keys that no loader reads.
 
 With background scoring (``scoring.mode: async``) the checkpoint decision comes after training has moved
 on, so the weights of the validated step are captured first as a :class:`WeightsSnapshot` (CPU copies:
-the LoRA layers, or the whole denoiser for a full fine-tune, which costs its size in CPU memory per validation
-in flight) and written from there if the step turns out to be worth keeping.
+the LoRA layers, or the whole denoiser for a full fine-tune, which costs its size in CPU memory per
+validation in flight) and written from there if the step turns out to be worth keeping.
 """
 
 from __future__ import annotations
@@ -54,9 +55,17 @@ def lora_state_dicts(modules: TrainingModules) -> dict[str, dict]:
         state = get_peft_model_state_dict(module, adapter_name=name)
         if family.denoiser == "unet":
             state = convert_state_dict_to_diffusers(state)
-        out[f"{attribute}_lora_layers"] = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+        out[f"{attribute}_lora_layers"] = {k: fp32_copy(v) for k, v in state.items()}
         out[f"{attribute}_lora_adapter_metadata"] = module.peft_config[name].to_dict()
     return out
+
+
+def fp32_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A detached CPU copy, in fp32 if it is floating point: LoRA checkpoints are fp32 whatever precision
+    training keeps the adapter in (as diffusers' scripts upcast before their final save), so a bf16 run's
+    best LoRA loads into an fp32 pipeline without rounding."""
+    dtype = torch.float32 if tensor.is_floating_point() else tensor.dtype
+    return tensor.detach().to("cpu", dtype=dtype, copy=True)
 
 
 def _save_lora(arguments: dict[str, dict], family: Family, folder: Path) -> None:
