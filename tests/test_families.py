@@ -101,40 +101,70 @@ def test_mixed_or_unsupported_modules_are_named_before_training(tmp_path, clip_t
         cb.on_train_start(components={**pipeline_of(tiny_modules).components, "transformer": object()})
 
 
-def test_an_sdxl_lora_checkpoint_redraws_its_images_in_a_fresh_sdxl_pipeline(tmp_path, clip_tokenizer):
-    """A UNet LoRA saved as StableDiffusionXLPipeline.save_lora_weights saves it (with its adapter config,
-    alpha != r); the best step's images come back pixel for pixel from a fresh pipeline's
-    load_lora_weights. (Text-encoder LoRAs: transformers 5.24's add_adapter refuses the newest peft on the
-    index, 0.21.2, so they cannot be built here; see the dependency issue.)"""
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_unet_and_text_encoder_loras_are_checkpointed_and_redraw_their_images_in_a_fresh_pipeline(
+    family, tmp_path, clip_tokenizer, tiny_modules
+):
+    """LoRAs on the UNet and on every text encoder (``--train_text_encoder``), alpha != r: the baseline
+    disables all of them (its images are the pristine model's), the checkpoint carries
+    ``unet_lora_layers``, ``text_encoder_lora_layers`` (and ``text_encoder_2_lora_layers`` for SDXL) with
+    their adapter configs, and a fresh pipeline's ``load_lora_weights`` draws the best step's images pixel
+    for pixel."""
     from peft import LoraConfig
+    from safetensors.torch import load_file
 
     from sdcallbacks.sampling.sampler import ValidationSampler
 
-    modules = tiny_sdxl_modules(clip_tokenizer)
+    modules = tiny_sdxl_modules(clip_tokenizer) if family == "sdxl" else tiny_modules
     modules.unet.delete_adapters("default")
     pristine = copy.deepcopy(modules)
     generator = torch.Generator().manual_seed(0)
-    targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    unet_targets = ["to_q", "to_k", "to_v", "to_out.0"]
     modules.unet.add_adapter(
-        LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian", target_modules=targets)
+        LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian", target_modules=unet_targets)
     )
+    encoders = [modules.text_encoder] + ([modules.text_encoder_2] if family == "sdxl" else [])
+    for encoder in encoders:  # diffusers' scripts' text-encoder LoRA
+        encoder.add_adapter(
+            LoraConfig(
+                r=2,
+                lora_alpha=6,
+                init_lora_weights="gaussian",
+                target_modules=["q_proj", "k_proj", "v_proj", "out_proj"],
+            )
+        )
     with torch.no_grad():
-        for name, param in modules.unet.named_parameters():
-            if "lora_B" in name:  # B starts at zero: give the adapter something to draw
-                param.add_(0.3 * torch.randn(param.shape, generator=generator))
-    config = run_config(tmp_path, monitor="val/scripted/mean", sampling={"baseline": False})
-    cb = ValidationCallback(config, metrics=[Scripted([1.0, 0.5])])
+        for module in (modules.unet, *encoders):
+            for name, param in module.named_parameters():
+                if "lora_B" in name:  # B starts at zero: give the adapters something to draw
+                    param.add_(0.3 * torch.randn(param.shape, generator=generator))
+    config = run_config(tmp_path, monitor="val/scripted/mean")
+    cb = ValidationCallback(config, metrics=[Scripted([0.0, 1.0, 0.5])])
     start(cb, modules)
     assert cb.on_step_end(2).should_save
     cb.on_step_end(4)  # worse: step 2 stays best
     assert cb.best_step == 2
 
-    lora_off = ValidationSampler(pristine, batch_size=config.sampling.batch_size).sample(cb.validation.jobs)
+    batch = config.sampling.batch_size
+    lora_off = ValidationSampler(pristine, batch_size=batch).sample(cb.validation.jobs)
+    for job, plain in zip(cb.validation.jobs, lora_off):  # the baseline is the model without any LoRA
+        base = np.asarray(
+            Image.open(tmp_path / "out" / "samples" / "step_0000000_base" / f"{job.file_stem}.png")
+        )
+        np.testing.assert_array_equal(np.asarray(plain), base)
+    saved = load_file(f"{cb.best_model_path}/pytorch_lora_weights.safetensors")
+    prefixes = {key.split(".")[0] for key in saved}
+    assert prefixes == (
+        {"unet", "text_encoder", "text_encoder_2"} if family == "sdxl" else {"unet", "text_encoder"}
+    )
     pipe = pipeline_of(pristine)
-    pipe.load_lora_weights(cb.best_model_path)  # into pristine's own UNet
+    pipe.load_lora_weights(cb.best_model_path)  # into pristine's own modules
     fresh = TrainingModules.from_components(pipe.components)
-    redrawn = ValidationSampler(fresh, batch_size=config.sampling.batch_size).sample(cb.validation.jobs)
+    redrawn = ValidationSampler(fresh, batch_size=batch).sample(cb.validation.jobs)
     for job, image, plain in zip(cb.validation.jobs, redrawn, lora_off):
         drawn = np.asarray(Image.open(tmp_path / "out" / "samples" / "step_0000002" / f"{job.file_stem}.png"))
         np.testing.assert_array_equal(np.asarray(image), drawn)
         assert not np.array_equal(np.asarray(plain), drawn)  # the LoRAs are what drew it
+    fresh.text_encoder.disable_adapters()  # the loaded text-encoder LoRA is part of what drew them
+    unet_only = ValidationSampler(fresh, batch_size=batch).sample(cb.validation.jobs)
+    assert not any(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(unet_only, redrawn))
