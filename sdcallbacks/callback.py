@@ -27,8 +27,14 @@ from typing import Any
 from sdcallbacks.config.loading import ConfigError, load_config, validate_config
 from sdcallbacks.config.schema import RunConfig
 from sdcallbacks.control import Control
-from sdcallbacks.execution.assemble import build_runner, build_sampler, family_problems
+from sdcallbacks.execution.assemble import (
+    build_runner,
+    build_sampler,
+    family_problems,
+    placed_under_project,
+)
 from sdcallbacks.metrics import Metric
+from sdcallbacks.sampling.encoders import load_missing_encoders
 from sdcallbacks.sampling.families import resolve_family
 from sdcallbacks.sampling.modules import TrainingModules
 from sdcallbacks.sampling.schedule import ValidationSchedule
@@ -44,7 +50,7 @@ class ValidationCallback:
         metrics: list[Metric] | None = None,
         register: bool = True,
     ):
-        self.config = config
+        self.config = config = placed_under_project(config, accelerator)
         self.accelerator = accelerator
         self.runner = build_runner(config, accelerator, metrics)
         self.validation = self.runner.validation
@@ -77,8 +83,11 @@ class ValidationCallback:
         ``tokenizer_2``/``_3``, ``ema_unet`` or ``ema_transformer``) or as a diffusers pipeline's
         ``components`` (names win); run the baseline validation unless it already ran. The model family
         (``sampling.family``) is told from the modules; modules of two families, and prompts or a loss the
-        family cannot draw or compute, are an error here, before training."""
+        family cannot draw or compute, are an error here, before training. Text encoders and tokenizers
+        given as None (``--pre_compute_text_embeddings``) are loaded from the base model for validation
+        (:mod:`sdcallbacks.sampling.encoders`)."""
         live = TrainingModules.from_components(components, **modules)
+        load_missing_encoders(live, self.config.sampling.text_encoders_from)
         family = resolve_family(live, self.config.sampling.family)
         problems = family_problems(self.config, family, live, self.validation)
         if problems:

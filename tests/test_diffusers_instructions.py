@@ -99,17 +99,28 @@ def readme_block(starting_with: str) -> str:
     return block
 
 
+@pytest.mark.parametrize("train_text_encoder", [False, True])
 def test_the_readme_lines_for_the_flux_script_outlive_its_del_of_the_text_encoders(
-    tmp_path, clip_tokenizer, t5_tokenizer, accelerator
+    train_text_encoder, tmp_path, clip_tokenizer, t5_tokenizer, accelerator
 ):
     """``train_dreambooth_lora_flux.py`` encodes its instance prompt once and ``del``s the text encoders and
-    tokenizers before ``accelerator.prepare``: the README's dict, taken right after ``add_adapter``, keeps
-    them for validation; the README's blocks run as written against the script's variable names."""
-    from sdcallbacks.testing.modules import tiny_flux_modules
+    tokenizers before ``accelerator.prepare``: the README's lines, taken right after ``add_adapter``, run as
+    written against the script's variable names; without ``--train_text_encoder`` the callback loads the
+    encoders from the base model the transformer came from (a pipeline folder here)."""
+    from diffusers import FluxTransformer2DModel
 
-    m = tiny_flux_modules(clip_tokenizer, t5_tokenizer)
+    from sdcallbacks.testing.modules import tiny_flux_modules
+    from tests.helpers import pipeline_of
+
+    m = tiny_flux_modules(clip_tokenizer, t5_tokenizer, lora=False)
+    pipeline_of(m).save_pretrained(tmp_path / "base")  # --pretrained_model_name_or_path
+    transformer = FluxTransformer2DModel.from_pretrained(tmp_path / "base", subfolder="transformer")
+    transformer.add_adapter(
+        tiny_flux_modules(clip_tokenizer, t5_tokenizer).transformer.peft_config["default"]
+    )
     script = {  # the script's names for its modules
-        "transformer": m.transformer,
+        "args": SimpleNamespace(train_text_encoder=train_text_encoder),
+        "transformer": transformer,
         "vae": m.vae,
         "text_encoder_one": m.text_encoder,
         "tokenizer_one": m.tokenizer,
@@ -119,10 +130,11 @@ def test_the_readme_lines_for_the_flux_script_outlive_its_del_of_the_text_encode
     }
     del m
     exec(readme_block("validation_modules = dict("), script)
-    for name in ("text_encoder_one", "text_encoder_two", "tokenizer_one", "tokenizer_two"):
-        del script[
-            name
-        ]  # the script's `del text_encoder_one, text_encoder_two, tokenizer_one, tokenizer_two`
+    if not train_text_encoder:
+        for name in ("text_encoder_one", "text_encoder_two", "tokenizer_one", "tokenizer_two"):
+            del script[
+                name
+            ]  # the script's `del text_encoder_one, text_encoder_two, tokenizer_one, tokenizer_two`
     config = validate_config(
         {
             "output_dir": str(tmp_path / "validation"),
@@ -154,5 +166,36 @@ def test_the_readme_lines_for_the_flux_script_outlive_its_del_of_the_text_encode
             break
     cb.on_train_end(global_step)
     assert global_step == 4 and cb.stopping_reason == "patience_exhausted"
+    loaded = () if train_text_encoder else ("text_encoder", "text_encoder_2")
+    assert cb.validation.sampler.modules.loaded_encoders == loaded
     samples = sorted({p.parent.name for p in (tmp_path / "validation" / "samples").glob("*/*.png")})
     assert samples == ["step_0000000_base", "step_0000002", "step_0000004"]
+
+
+def test_an_unset_output_dir_goes_under_the_accelerators_project_dir(tmp_path, tiny_modules, monkeypatch):
+    """diffusers' scripts give the accelerator ``project_dir=args.output_dir``: validation outputs land in
+    ``<output_dir>/validation`` whatever folder the run is started (or resumed) from; a set one wins."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    monkeypatch.chdir(tmp_path)  # a default relative to the working folder would land here
+    data = {
+        "prompts": [{"name": "a", "prompt": "red square", "seeds": [1]}],
+        "defaults": {"width": 32, "height": 32, "steps": 1, "guidance_scale": 1.0},
+        "schedule": {"every_n_steps": 2},
+        "metrics": {},
+    }
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    accelerator = Accelerator(cpu=True, project_dir=str(tmp_path / "run"))
+    cb = ValidationCallback(validate_config(data), accelerator=accelerator, metrics=[Worsening()])
+    start(cb, tiny_modules)
+    assert (tmp_path / "run" / "validation" / "metrics.jsonl").is_file()
+    assert not (tmp_path / "sdcallbacks_outputs").exists()
+    chosen = validate_config({**data, "output_dir": str(tmp_path / "mine")})
+    assert (
+        ValidationCallback(chosen, accelerator=accelerator, register=False).config.output_dir
+        == tmp_path / "mine"
+    )
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()

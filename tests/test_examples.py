@@ -152,3 +152,22 @@ def test_the_example_runs_offline_for_each_family_and_its_best_lora_loads(family
     pipe.load_lora_weights(best)
     denoiser = pipe.transformer if family in ("sd3", "flux") else pipe.unet
     assert any("lora" in name for name, _ in denoiser.named_parameters())
+
+
+def test_the_tiny_worlds_concept_reads_as_dreambooth_and_imagefolder_data(tiny_world):
+    """diffusers' DreamBooth scripts open every file of ``--instance_data_dir`` as an image (a
+    ``metadata.jsonl`` there fails them); text_to_image reads an ``imagefolder`` (``metadata.jsonl`` whose
+    ``file_name`` entries are paths under it). The concept serves both."""
+    import json
+
+    from PIL import Image
+
+    images = sorted(tiny_world.concept_images_dir.iterdir())  # what DreamBoothDataset does
+    assert len(images) == 16
+    for path in images:
+        with Image.open(path) as image:
+            image.verify()
+    rows = [json.loads(line) for line in (tiny_world.concept_dir / "metadata.jsonl").read_text().splitlines()]
+    assert sorted(tiny_world.concept_dir / row["file_name"] for row in rows) == images
+    assert {row["text"] for row in rows} == {"yellow square, white background"}
+    assert [path for path, _ in tiny_world.concept_samples()] == images

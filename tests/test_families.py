@@ -78,7 +78,7 @@ def test_mixed_or_unsupported_modules_are_named_before_training(tmp_path, clip_t
         ),
         "an SDXL unet without its second text encoder": (
             {**vars(sdxl), "text_encoder_2": None, "tokenizer_2": None},
-            "pass text_encoder_2 and tokenizer_2",
+            r"text_encoder_2/tokenizer_2 not given \(None\)",
         ),
         "a Flux transformer as unet": (
             {**vars(tiny_modules), "unet": tiny_flux_transformer()},

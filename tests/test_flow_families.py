@@ -357,13 +357,17 @@ def test_transformer_families_are_told_apart_and_mixed_modules_named(tmp_path, c
             {**vars(flux), "text_encoder_2": sd3.text_encoder_2, "tokenizer_2": clip_tokenizer},
             "text_encoder_2 is a CLIPTextModelWithProjection but 'flux' reads a T5 encoder there",
         ),
+        "Flux's T5 with a CLIP tokenizer": (
+            {**vars(flux), "tokenizer_2": clip_tokenizer},
+            r"tokenizer_2 has 49408 tokens but text_encoder_2 embeds 8292: a tokenizer of another model",
+        ),
         "Flux with a third text encoder": (
             {**vars(flux), "text_encoder_3": sd3.text_encoder_3, "tokenizer_3": t5_tokenizer},
             "the transformer is 'flux', which has no text_encoder_3: modules of two families mixed",
         ),
         "SD3 without its second CLIP": (
             {**vars(sd3), "text_encoder_2": None, "tokenizer_2": None},
-            "pass text_encoder_2 and tokenizer_2 too",
+            r"text_encoder_2/tokenizer_2 not given \(None\)",
         ),
         "SD3 with a T5 but no T5 tokenizer": (
             {**vars(sd3), "tokenizer_3": None},

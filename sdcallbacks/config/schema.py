@@ -66,6 +66,11 @@ class SamplingConfig(StrictModel):
         description="auto: ddim for SD/SDXL, the training scheduler (flow matching) for SD3/Flux; "
         "training: a fresh copy of the training noise scheduler's class and config.",
     )
+    text_encoders_from: str | None = Field(
+        None,
+        description="Base model (hub id or pipeline folder) to load text encoders and tokenizers from when "
+        "on_train_start gets None for them (--pre_compute_text_embeddings); default: the denoiser's origin.",
+    )
     max_sequence_length: PositiveInt | None = Field(
         None,
         description="T5 tokens read per prompt (SD3, Flux); default: the pipeline's (SD3 256, Flux 512).",
@@ -172,7 +177,11 @@ class RunConfig(StrictModel):
 
     _source: Path | None = PrivateAttr(None)  # the file it was read from, for located errors
 
-    output_dir: Path = Path("sdcallbacks_outputs")
+    output_dir: Path = Field(
+        Path("sdcallbacks_outputs"),
+        description="Where samples, metrics.jsonl and checkpoints go. Unset: <accelerator project_dir>/"
+        "validation when the accelerator has one (diffusers' scripts: their --output_dir), else this.",
+    )
     overwrite_output_dir: bool = Field(
         False,
         description="A new run whose output_dir holds an earlier run's outputs (metrics.jsonl, samples/, "

@@ -26,6 +26,17 @@ from sdcallbacks.validation.core import Validation
 from sdcallbacks.weights import default_cache_dir
 
 
+def placed_under_project(config: RunConfig, accelerator: Any = None) -> RunConfig:
+    """``config`` with an ``output_dir`` it leaves unset placed at ``<project_dir>/validation`` of the
+    accelerator (diffusers' scripts set ``project_dir`` to their ``--output_dir``), so each run's validation
+    outputs live with its checkpoints wherever it is started from; unchanged when it sets one or the
+    accelerator has no project dir."""
+    project = getattr(accelerator, "project_dir", None)
+    if "output_dir" in config.model_fields_set or not project:
+        return config
+    return config.model_copy(update={"output_dir": Path(project) / "validation"})
+
+
 def feature_cache_dir(config: RunConfig) -> Path | None:
     """Where reference embeddings are cached on disk, or None when caching is off."""
     if not config.metrics.cache_references:

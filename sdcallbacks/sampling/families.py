@@ -91,7 +91,9 @@ TRANSFORMERS = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"
 ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 
-def _detect(modules: TrainingModules) -> str:
+def detect_family(modules: TrainingModules) -> str:
+    """The family name told from the denoiser alone (the text encoders are checked by
+    :func:`resolve_family`)."""
     if modules.unet is not None:
         kind = type(unwrap(modules.unet)).__name__
         if kind in TRANSFORMERS:
@@ -116,7 +118,7 @@ def _model_type(module: Any) -> str:
 def resolve_family(modules: TrainingModules, requested: str = "auto") -> Family:
     """The family of ``modules``, after checking that they are all of it (and of ``requested``, unless
     ``auto``); raises :class:`ModulesError` naming the problem otherwise."""
-    family = FAMILIES[_detect(modules)]
+    family = FAMILIES[detect_family(modules)]
     allowed = family.encoders + family.optional_encoders
     for encoder in ENCODERS:
         module, tokenizer = getattr(modules, encoder), getattr(modules, tokenizer_of(encoder))
@@ -131,9 +133,16 @@ def resolve_family(modules: TrainingModules, requested: str = "auto") -> Family:
             needed = " and ".join(f"{e}/{tokenizer_of(e)}" for e in family.encoders)
             raise ModulesError(
                 f"the {family.denoiser} is {family.name!r} ({family.pipeline}): pass {encoder} and "
-                f"{tokenizer_of(encoder)} too; it needs {needed}"
+                f"{tokenizer_of(encoder)} too; it needs {needed} (or set sampling.text_encoders_from to "
+                "load them from the base model)"
             )
         if module is not None:
+            vocabulary = getattr(unwrap(module).config, "vocab_size", None)
+            if vocabulary is not None and len(tokenizer) > vocabulary:
+                raise ModulesError(
+                    f"{tokenizer_of(encoder)} has {len(tokenizer)} tokens but {encoder} embeds {vocabulary}: "
+                    "a tokenizer of another model"
+                )
             wants_t5 = encoder == family.t5
             is_t5 = _model_type(module) in ("t5", "umt5")
             if wants_t5 != is_t5:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-REQUIRED = ("vae", "text_encoder", "tokenizer", "noise_scheduler")
+REQUIRED = ("vae", "noise_scheduler")  # text encoders: per family (resolve_family), or loaded (encoders.py)
 UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
 # EMA of the denoiser under the names training scripts give it.
 EMA_NAMES = ("ema_unet", "ema_transformer")
@@ -27,9 +27,9 @@ class TrainingModules:
     (SD 1.x/2.x, SDXL) and ``transformer`` (SD3, Flux) is the denoiser."""
 
     vae: torch.nn.Module
-    text_encoder: torch.nn.Module
-    tokenizer: Any
     noise_scheduler: Any
+    text_encoder: torch.nn.Module | None = None
+    tokenizer: Any = None
     unet: torch.nn.Module | None = None
     transformer: torch.nn.Module | None = None
     text_encoder_2: torch.nn.Module | None = None
@@ -37,6 +37,8 @@ class TrainingModules:
     text_encoder_3: torch.nn.Module | None = None
     tokenizer_3: Any = None
     ema: Any = None  # diffusers.training_utils.EMAModel of the denoiser's parameters
+    # Text encoders the callback loaded itself (sdcallbacks.sampling.encoders), kept on the CPU.
+    loaded_encoders: tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if (self.unet is None) == (self.transformer is None):

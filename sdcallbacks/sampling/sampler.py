@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from sdcallbacks.prompts.library import ImageJob
+from sdcallbacks.sampling.encoders import loaded_on
 from sdcallbacks.sampling.families import resolve_family, tokenizer_of
 from sdcallbacks.sampling.modes import eval_mode
 from sdcallbacks.sampling.modules import TrainingModules, unwrap
@@ -145,6 +146,7 @@ class ValidationSampler:
             torch.no_grad(),
             autocast_for(self.device, self.mixed_precision),
             vae_dtypes_kept(self.modules.vae),
+            loaded_on(self.modules, self.device),
         ):
             pipe = build_pipeline(self.modules, self.scheduler)
             try:

@@ -11,20 +11,25 @@ from sdcallbacks.sampling.modules import TrainingModules
 from sdcallbacks.testing import pretrain
 
 
-def tiny_lora_modules(tokenizer: Any, seed: int = 0, lora_dropout: float = 0.5) -> TrainingModules:
+def tiny_lora_modules(
+    tokenizer: Any, seed: int = 0, lora_dropout: float = 0.5, lora: bool = True
+) -> TrainingModules:
+    """Random-weight SD 1.x modules of the tiny world's architectures, a LoRA on the UNet unless ``lora``
+    is off."""
     from peft import LoraConfig
 
     torch.manual_seed(seed)
     unet = pretrain.tiny_unet()
-    unet.add_adapter(
-        LoraConfig(
-            r=4,
-            lora_alpha=4,
-            lora_dropout=lora_dropout,
-            init_lora_weights="gaussian",
-            target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+    if lora:
+        unet.add_adapter(
+            LoraConfig(
+                r=4,
+                lora_alpha=4,
+                lora_dropout=lora_dropout,
+                init_lora_weights="gaussian",
+                target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+            )
         )
-    )
     return TrainingModules(
         unet=unet,
         vae=pretrain.tiny_vae(),

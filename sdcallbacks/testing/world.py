@@ -7,7 +7,10 @@ Layout of ``<cache>/tiny-world-v<WORLD_VERSION>/``:
 * ``tagger/``: WD14-format ``model.onnx`` + ``selected_tags.csv`` that read colours;
 * ``clip/``: an open_clip ``local-dir`` model; ``laion_head.pth``: a LAION aesthetic head;
 * ``facenet/20180402-114759-vggface2.pt``: InceptionResnetV1 weights in facenet-pytorch's layout;
-* ``concept/``: training images of the concept the demo's LoRA learns, with ``metadata.jsonl`` captions.
+* ``concept/``: the concept the demo's LoRA learns, laid out for both kinds of diffusers script:
+  ``concept/images/`` holds only the images (DreamBooth's ``--instance_data_dir``, which opens every file
+  in the folder) and ``concept/metadata.jsonl`` captions them as ``images/<name>`` (an ``imagefolder`` for
+  text_to_image's ``--train_data_dir``).
 
 The world is built once and cached; bump :data:`WORLD_VERSION` whenever the builder changes, and the
 next run builds a fresh world beside the old one. Builds go to a temporary folder that is renamed into
@@ -29,7 +32,7 @@ from pathlib import Path
 
 from sdcallbacks.weights import default_cache_dir
 
-WORLD_VERSION = 3
+WORLD_VERSION = 4
 Progress = Callable[[str], None]
 
 
@@ -63,7 +66,13 @@ class TinyWorld:
 
     @property
     def concept_dir(self) -> Path:
+        """The concept as an ``imagefolder`` (``metadata.jsonl`` + ``images/``)."""
         return self.root / "concept"
+
+    @property
+    def concept_images_dir(self) -> Path:
+        """The concept's images alone: DreamBooth's ``--instance_data_dir``."""
+        return self.concept_dir / "images"
 
     def concept_samples(self) -> list[tuple[Path, str]]:
         """(image path, caption) pairs of the concept training set."""
@@ -143,11 +152,11 @@ def _build(root: Path, recipe: WorldRecipe, progress: Progress) -> None:
 
         progress("[5/5] concept images")
         concept = root / "concept"
-        concept.mkdir()
+        (concept / "images").mkdir(parents=True)
         with (concept / "metadata.jsonl").open("w", encoding="utf-8") as fh:
             samples = make_samples((CONCEPT_COLOUR,), ("white",), 16, pretrain.IMAGE_SIZE, seed=99)
             for i, sample in enumerate(samples):
-                name = f"{i:03d}.png"
+                name = f"images/{i:03d}.png"
                 sample.image.save(concept / name)
                 fh.write(json.dumps({"file_name": name, "text": sample.caption}) + "\n")
     finally:

@@ -51,6 +51,7 @@ from PIL import Image, ImageOps
 from sdcallbacks.config.loading import ConfigError, read_text
 from sdcallbacks.config.metrics import ValLossConfig
 from sdcallbacks.metrics.images import UNREADABLE, image_files
+from sdcallbacks.sampling.encoders import loaded_on
 from sdcallbacks.sampling.families import Family, resolve_family
 from sdcallbacks.sampling.modes import eval_mode
 from sdcallbacks.sampling.modules import TrainingModules, unwrap
@@ -236,6 +237,7 @@ class ValidationLoss:
             eval_mode(*modules.torch_modules()),
             torch.no_grad(),
             autocast_for(device, mixed_precision),
+            loaded_on(modules, device),
         ):
             for start in range(0, len(images), self.config.batch_size):
                 stop = start + self.config.batch_size
