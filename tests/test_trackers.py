@@ -57,6 +57,7 @@ def test_wandb_offline_run_has_step_metric_rows_tables_and_summary(
     cb.on_step_end(4)
     cb.validate(3)  # logged late, at a lower step than the last row (as after a resume)
     cb.on_train_end(4)
+    wandb.teardown()  # stops W&B's service: every record it received is in the run file when it returns
 
     run = read_offline_run(find_run_file(wandb_env))
     # define_metric: the step metric, val/* on it, the monitored key with summary following mode
@@ -152,3 +153,74 @@ def test_no_tracker_at_all_is_reported_once(tmp_path, tagger_dir, tiny_modules, 
         start(cb, tiny_modules)
         cb.on_step_end(2)
     assert caplog.text.count("the accelerator has no trackers") == 1
+
+
+def test_a_resumed_script_logs_into_the_same_wandb_run_at_its_own_steps(
+    tmp_path, tagger_dir, tiny_modules, wandb_env
+):
+    """diffusers' scripts call ``init_trackers`` again on ``--resume_from_checkpoint``: with the README's
+    stable id and ``resume="allow"`` both halves are one W&B run (offline, two files with one run id, which
+    ``wandb sync`` joins), the callback's rows after the resume carry their own ``train/global_step``, and the
+    script's ``loss`` rows keep their explicit steps."""
+    import hashlib
+    import os
+    import re
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    from sdcallbacks.testing.modules import perturb_lora
+    from tests.test_diffusers_instructions import readme_block
+
+    import wandb
+
+    wandb.teardown()  # a W&B set up by an earlier test keeps its WANDB_DIR: this test's applies now
+    args = SimpleNamespace(output_dir=str(tmp_path / "script_out"))
+    data = config(tmp_path, tagger_dir)
+    del data["output_dir"]  # under the accelerator's project_dir, as the README says
+
+    def run(first_step: int, last_step: int) -> None:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        accelerator = Accelerator(cpu=True, log_with="wandb", project_dir=args.output_dir)
+        script = {"args": args, "accelerator": accelerator, "tracker_name": "dreambooth-lora", "os": os}
+        script["tracker_config"] = {"lr": 1e-4}
+        exec(readme_block("import hashlib"), script)  # the README's init_trackers lines
+        cb = ValidationCallback.from_config(data, accelerator=accelerator)
+        if first_step:
+            accelerator.load_state(str(Path(args.output_dir) / f"checkpoint-{first_step}"))
+        cb.on_train_start(**vars(tiny_modules), global_step=first_step)
+        for step in range(first_step + 1, last_step + 1):
+            perturb_lora(tiny_modules, step)
+            cb.on_step_end(step)
+            if step % 4 == 0:
+                accelerator.save_state(str(Path(args.output_dir) / f"checkpoint-{step}"))
+            accelerator.log({"loss": float(step)}, step=step)
+        cb.on_train_end(last_step)
+        accelerator.end_training()
+
+    run(0, 4)
+    run(4, 8)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    wandb.teardown()  # every record written before the files are read
+    files = sorted(wandb_env.rglob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2
+    expected_id = hashlib.sha1(os.path.abspath(args.output_dir).encode()).hexdigest()[:16]
+    assert {re.search(r"run-(\w+)\.wandb", f.name).group(1) for f in files} == {expected_id}
+    halves = [read_offline_run(f) for f in files]
+    steps = [[r["train/global_step"] for r in h.history if "val/tag_accuracy/mean" in r] for h in halves]
+    assert steps == [[0, 2, 4], [6, 8]]  # the baseline once, each validation in its half at its own step
+    losses = [[(r.get("_step"), r["loss"]) for r in h.history if "loss" in r] for h in halves]
+    assert [loss for half in losses for _, loss in half] == [float(s) for s in range(1, 9)]
+    # As the README says: a validation row merges into the row the script left open at the previous step,
+    # so that row's loss is the previous step's (the script's keys are right on W&B's own step axis).
+    merged = {
+        r["train/global_step"]: (r["_step"], r["loss"])
+        for h in halves
+        for r in h.history
+        if "loss" in r and "train/global_step" in r
+    }
+    assert merged == {2: (1, 1.0), 4: (3, 3.0), 6: (5, 5.0), 8: (7, 7.0)}
