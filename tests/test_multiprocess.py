@@ -93,8 +93,9 @@ def test_two_processes_with_background_scoring_agree_and_stop_one_validation_lat
         best = logged[step]
     assert due is not None
     # ... and where the ranks stopped: with several processes, the decision travels with the next validation.
+    # A stop due at the last step (10) is decided in on_train_end, after the loop: no control carries it.
     stopped = [control[0] for control in ranks[0]["controls"][1:] if control[2]]
-    assert stopped[0] == min(due + 2, 10)
+    assert stopped[:1] == ([min(due + 2, 10)] if due < 10 else [])
     assert (
         ranks[0]["best_step"]
         == ranks[1]["best_step"]
