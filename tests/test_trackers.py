@@ -168,13 +168,12 @@ def test_a_resumed_script_logs_into_the_same_wandb_run_at_its_own_steps(
     from pathlib import Path
     from types import SimpleNamespace
 
+    import wandb
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
     from sdcallbacks.testing.modules import perturb_lora
     from tests.test_diffusers_instructions import readme_block
-
-    import wandb
 
     wandb.teardown()  # a W&B set up by an earlier test keeps its WANDB_DIR: this test's applies now
     args = SimpleNamespace(output_dir=str(tmp_path / "script_out"))
