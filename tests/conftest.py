@@ -35,6 +35,23 @@ def tiny_modules(clip_tokenizer):
     return tiny_lora_modules(clip_tokenizer)
 
 
+@pytest.fixture
+def modules_of(tiny_modules, clip_tokenizer, t5_tokenizer):
+    """``modules_of(family)``: random-weight tiny modules of ``sd`` (``tiny_modules``), ``sdxl``, ``sd3`` or
+    ``flux``, each with a LoRA on its denoiser."""
+    from sdcallbacks.testing import modules
+
+    def build(family: str):
+        if family == "sd":
+            return tiny_modules
+        if family == "sdxl":
+            return modules.tiny_sdxl_modules(clip_tokenizer)
+        build_flow = {"sd3": modules.tiny_sd3_modules, "flux": modules.tiny_flux_modules}[family]
+        return build_flow(clip_tokenizer, t5_tokenizer)
+
+    return build
+
+
 @pytest.fixture(scope="session")
 def tiny_world():
     from sdcallbacks.testing.world import build_tiny_world

@@ -105,3 +105,20 @@ def pipeline_of(modules):
         pipe = diffusers.StableDiffusionPipeline(unet=modules.unet, **parts, **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def run_config(tmp_path, **overrides):
+    """A two-image run validating every 2 steps, monitoring :class:`MeanBrightness`; ``overrides`` replace
+    top-level keys."""
+    from sdcallbacks.config import validate_config
+
+    data = {
+        "output_dir": str(tmp_path / "out"),
+        "prompts": [{"name": "red", "prompt": "red square", "seeds": [1, 2]}],
+        "defaults": {"width": 32, "height": 32, "steps": 2, "guidance_scale": 2.0},
+        "schedule": {"every_n_steps": 2},
+        "metrics": {},
+        "monitor": "val/brightness/mean",
+    }
+    data.update(overrides)
+    return validate_config(data)

@@ -11,37 +11,16 @@ import torch
 from PIL import Image
 
 from sdcallbacks import ValidationCallback
-from sdcallbacks.config import validate_config
 from sdcallbacks.sampling.families import ModulesError
 from sdcallbacks.sampling.modules import TrainingModules
-from sdcallbacks.testing.modules import tiny_flux_modules, tiny_sd3_modules, tiny_sdxl_modules
-from tests.helpers import MeanBrightness, Scripted, pipeline_of, start
-
-
-def run_config(tmp_path, **overrides):
-    data = {
-        "output_dir": str(tmp_path / "out"),
-        "prompts": [{"name": "red", "prompt": "red square", "seeds": [1, 2]}],
-        "defaults": {"width": 32, "height": 32, "steps": 2, "guidance_scale": 2.0},
-        "schedule": {"every_n_steps": 2},
-        "metrics": {},
-        "monitor": "val/brightness/mean",
-    }
-    data.update(overrides)
-    return validate_config(data)
+from sdcallbacks.testing.modules import tiny_sdxl_modules
+from tests.helpers import MeanBrightness, Scripted, pipeline_of, run_config, start
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
-def test_a_pipelines_components_are_taken_as_they_are(
-    family, tmp_path, clip_tokenizer, t5_tokenizer, tiny_modules
-):
+def test_a_pipelines_components_are_taken_as_they_are(family, tmp_path, modules_of):
     """``on_train_start(components=pipe.components)`` draws what the same modules given by name draw."""
-    modules = {
-        "sd": lambda: tiny_modules,
-        "sdxl": lambda: tiny_sdxl_modules(clip_tokenizer),
-        "sd3": lambda: tiny_sd3_modules(clip_tokenizer, t5_tokenizer),
-        "flux": lambda: tiny_flux_modules(clip_tokenizer, t5_tokenizer),
-    }[family]()
+    modules = modules_of(family)
     by_name = ValidationCallback(run_config(tmp_path / "by_name"), metrics=[MeanBrightness()])
     start(by_name, modules)
     as_components = ValidationCallback(run_config(tmp_path / "components"), metrics=[MeanBrightness()])

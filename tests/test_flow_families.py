@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from sdcallbacks import ValidationCallback
-from sdcallbacks.config import ConfigError, PromptDefaults, PromptEntry, validate_config
+from sdcallbacks.config import ConfigError, PromptDefaults, PromptEntry
 from sdcallbacks.config.metrics import ValLossConfig
 from sdcallbacks.metrics.loss import ValidationLoss
 from sdcallbacks.prompts import expand_jobs, resolve_prompts
@@ -23,7 +23,7 @@ from sdcallbacks.sampling import ValidationSampler
 from sdcallbacks.sampling.families import ModulesError
 from sdcallbacks.sampling.modules import TrainingModules
 from sdcallbacks.testing.modules import perturb_lora, tiny_flux_modules, tiny_sd3_modules
-from tests.helpers import MeanBrightness, Scripted, logged_aggregates, pipeline_of, start
+from tests.helpers import MeanBrightness, Scripted, logged_aggregates, pipeline_of, run_config, start
 
 FAMILIES = ["sd3", "flux"]
 
@@ -42,19 +42,6 @@ def jobs():
 
 def pixels(images):
     return np.stack([np.asarray(im) for im in images])
-
-
-def run_config(tmp_path, **overrides):
-    data = {
-        "output_dir": str(tmp_path / "out"),
-        "prompts": [{"name": "red", "prompt": "red square", "seeds": [1, 2]}],
-        "defaults": {"width": 32, "height": 32, "steps": 2, "guidance_scale": 2.0},
-        "schedule": {"every_n_steps": 2},
-        "metrics": {},
-        "monitor": "val/brightness/mean",
-    }
-    data.update(overrides)
-    return validate_config(data)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

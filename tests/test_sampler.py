@@ -259,29 +259,17 @@ def test_a_prompt_longer_than_the_text_encoder_reads_is_warned_once(tiny_modules
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
-def test_bf16_weights_with_cpu_autocast_sample_and_keep_every_dtype(
-    family, tiny_modules, clip_tokenizer, t5_tokenizer, jobs, tmp_path
-):
+def test_bf16_weights_with_cpu_autocast_sample_and_keep_every_dtype(family, modules_of, jobs, tmp_path):
     """As diffusers' scripts run mixed precision: frozen weights in bf16, the LoRA in fp32, autocast to
     bf16. Sampling and val_loss work, their results are near fp32's, and no parameter changes dtype."""
     from diffusers.training_utils import cast_training_params
 
     from sdcallbacks.config.metrics import ValLossConfig
     from sdcallbacks.metrics.loss import ValidationLoss
-    from sdcallbacks.testing.modules import (
-        perturb_lora,
-        tiny_flux_modules,
-        tiny_sd3_modules,
-        tiny_sdxl_modules,
-    )
+    from sdcallbacks.testing.modules import perturb_lora
     from sdcallbacks.testing.shapes import draw_square
 
-    modules = {
-        "sd": lambda: tiny_modules,
-        "sdxl": lambda: tiny_sdxl_modules(clip_tokenizer),
-        "sd3": lambda: tiny_sd3_modules(clip_tokenizer, t5_tokenizer),
-        "flux": lambda: tiny_flux_modules(clip_tokenizer, t5_tokenizer),
-    }[family]()
+    modules = modules_of(family)
     perturb_lora(modules, step=1)
     draw_square("red", "white", 32, np.random.default_rng(0)).save(tmp_path / "a.png")
     (tmp_path / "a.txt").write_text("red square", encoding="utf-8")
