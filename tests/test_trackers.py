@@ -84,8 +84,8 @@ def test_wandb_offline_run_has_step_metric_rows_tables_and_summary(
     assert run.summary["val/tag_accuracy/mean"] == {"max": cb.best_model_score}
     assert run.config["monitor"] == "val/tag_accuracy/mean"
     assert any("best" in a.aliases for a in run.artifacts if a.type == "model")
-    # no commit=True anywhere, and nothing logged with an explicit step
-    assert all("_step" not in r or r["_step"] == i for i, r in enumerate(run.history))
+    # each row at W&B's step = its training step; the late one at the next W&B step, not over step 4's row
+    assert [r["_step"] for r in rows] == [0, 2, 4, 5]
 
 
 def test_wandb_without_api_key_warns_once_and_training_goes_on(
@@ -214,12 +214,57 @@ def test_a_resumed_script_logs_into_the_same_wandb_run_at_its_own_steps(
     assert steps == [[0, 2, 4], [6, 8]]  # the baseline once, each validation in its half at its own step
     losses = [[(r.get("_step"), r["loss"]) for r in h.history if "loss" in r] for h in halves]
     assert [loss for half in losses for _, loss in half] == [float(s) for s in range(1, 9)]
-    # As the README says: a validation row merges into the row the script left open at the previous step,
-    # so that row's loss is the previous step's (the script's keys are right on W&B's own step axis).
+    # A validation row shares W&B's row with the script's loss of the same step: against train/global_step
+    # the loss is not shifted, and the script's own steps are W&B's steps.
     merged = {
         r["train/global_step"]: (r["_step"], r["loss"])
         for h in halves
         for r in h.history
         if "loss" in r and "train/global_step" in r
     }
-    assert merged == {2: (1, 1.0), 4: (3, 3.0), 6: (5, 5.0), 8: (7, 7.0)}
+    assert merged == {2: (2, 2.0), 4: (4, 4.0), 6: (6, 6.0), 8: (8, 8.0)}
+    assert [step for half in losses for step, _ in half] == list(range(1, 9))
+
+
+@pytest.mark.parametrize("scoring", ["sync", "async"])
+def test_a_loop_that_logs_before_on_step_end_keeps_its_loss_at_its_own_step(
+    tmp_path, tagger_dir, tiny_modules, wandb_env, scoring
+):
+    """The other order (the loop's ``log(step=N)`` first, then ``on_step_end(N)``) and late rows: an async
+    result is logged at a later step's row, never over another validation's row, never dropped."""
+    import wandb
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    from sdcallbacks.testing.modules import perturb_lora
+
+    wandb.teardown()
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    accelerator = Accelerator(cpu=True, log_with="wandb", project_dir=str(tmp_path / "script_out"))
+    accelerator.init_trackers("loop", init_kwargs={"wandb": {"mode": "offline"}})
+    cb = ValidationCallback.from_config(
+        config(tmp_path, tagger_dir, scoring={"mode": scoring}), accelerator=accelerator
+    )
+    start(cb, tiny_modules)
+    for step in range(1, 7):
+        perturb_lora(tiny_modules, step)
+        accelerator.log({"loss": float(step)}, step=step)
+        cb.on_step_end(step)
+    cb.on_train_end(6)
+    accelerator.end_training()
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    wandb.teardown()
+
+    run = read_offline_run(find_run_file(wandb_env))
+    rows = [r for r in run.history if "val/tag_accuracy/mean" in r]
+    assert sorted(r["train/global_step"] for r in rows) == [0, 2, 4, 6]  # every validation, once
+    assert [r["loss"] for r in run.history if "loss" in r] == [float(s) for s in range(1, 7)]
+    assert all(r["_step"] == r["loss"] for r in run.history if "loss" in r)
+    if scoring == "sync":  # each validation in the row of its own step, beside that step's loss
+        expected = [(0, None), (2, 2.0), (4, 4.0), (6, 6.0)]
+        assert [(r["train/global_step"], r.get("loss")) for r in rows] == expected
+    else:  # results land at or after their step, in increasing W&B rows
+        assert all(r["_step"] >= r["train/global_step"] for r in rows)
+        assert [r["_step"] for r in rows] == sorted({r["_step"] for r in rows})

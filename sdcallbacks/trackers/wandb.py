@@ -1,12 +1,14 @@
 """Weights & Biases: one ``run.log`` per validation with scalars, a grid per prompt and a table.
 
-Steps: every row carries ``train/global_step`` and is logged **without** ``step=``, with
-``define_metric("val/*", step_metric="train/global_step")``. W&B drops a whole call whose explicit
-``step`` is lower than its internal one (a resume to an earlier step, a late validation), and an implicit
-call after an explicit one merges into the open row; with the step as a metric, rows always land and the
-charts use the optimizer step as x axis (Lightning's ``WandbLogger`` pattern). Nothing is logged with
-``commit=True``. Only ``val/*`` keys are tied to the step metric, so the training loop's own keys are left
-as the user logs them.
+Steps: every row carries ``train/global_step``, with ``define_metric("val/*", step_metric=...)``, so the
+``val/*`` charts use the optimizer step as x axis even for rows logged late (Lightning's ``WandbLogger``
+pattern). W&B's own step is shared with the training loop, which usually logs ``step=global_step``
+(diffusers' scripts) and leaves that row open until a higher step arrives. So each row goes to an explicit
+W&B step (``RowPlacement``): the validated step when W&B has not passed it, which is the row the script
+then fills with that step's ``loss``; else W&B's current step, so a late row (async scoring, a resume
+behind W&B's step) is never dropped as "not monotonically increasing". Nothing is committed: the script's
+next row (or ``finish``) closes ours. Only ``val/*`` keys are tied to the step metric; the loop's own keys
+are left as the user logs them.
 
 The monitored key gets ``summary=min|max`` following ``mode``; the best score, its step and path and the
 stopping reason go to ``run.summary`` under ``best/...`` and ``early_stop/reason`` (separate keys, since
@@ -26,6 +28,25 @@ STEP_METRIC = "train/global_step"
 MAX_TABLE_ROWS = 10_000  # W&B's limit per table
 
 
+class RowPlacement:
+    """Which W&B step a row for training step ``step`` goes to (see the module docstring).
+
+    ``current`` is ``run.step``: the open row (a script's ``log(step=N)`` leaves N open) or the next one.
+    A row is never put in an open row holding our own keys of another training step (it would overwrite
+    them, e.g. a late async result after the validation of the step before): it takes the next W&B step.
+    """
+
+    def __init__(self) -> None:
+        self.last: tuple[int, int] | None = None  # (W&B step, training step) of the row we wrote last
+
+    def row_for(self, step: int, current: int) -> int:
+        row = max(step, current)
+        if self.last is not None and row <= self.last[0] and step != self.last[1]:
+            row = self.last[0] + 1
+        self.last = (row, step)
+        return row
+
+
 class WandbAdapter(TrackerAdapter):
     def __init__(self, run: Any, config: WandbConfig, owns_run: bool = False):
         super().__init__(run)
@@ -33,6 +54,7 @@ class WandbAdapter(TrackerAdapter):
         self.run = run
         self.config = config
         self.owns_run = owns_run
+        self.rows = RowPlacement()
 
     def setup(self, monitor: str | None, mode: str) -> None:
         self.run.define_metric(STEP_METRIC)
@@ -41,7 +63,15 @@ class WandbAdapter(TrackerAdapter):
             self.run.define_metric(monitor, step_metric=STEP_METRIC, summary=mode)
 
     def log_scalars(self, values: dict[str, float], step: int) -> None:
-        self.run.log({**values, STEP_METRIC: step})
+        self._log({**values, STEP_METRIC: step}, step)
+
+    def _log(self, payload: dict[str, Any], step: int) -> None:
+        try:
+            current = int(self.run.step)
+        except Exception:  # a run that cannot tell its step (mode="shared"): W&B places the row itself
+            self.run.log(payload)
+            return
+        self.run.log(payload, step=self.rows.row_for(step, current))
 
     def log_validation(self, log: ValidationLog) -> None:
         import wandb
@@ -51,7 +81,7 @@ class WandbAdapter(TrackerAdapter):
             payload[f"{log.prefix}/images/{name}"] = wandb.Image(grid, caption=name)
         if self.config.table and log.records:
             payload[f"{log.prefix}/samples"] = self._table(log)
-        self.run.log(payload)
+        self._log(payload, log.step)
 
     def _table(self, log: ValidationLog) -> Any:
         import wandb
