@@ -1,6 +1,7 @@
 """Every benchmark in one command: ``python bench/run.py``. Each runs in its own process (memory and
 thread settings stay its own); their output is printed in turn, then every target line together.
-``--only NAME[,NAME]`` runs some of them (names: step_end, metrics, async, memory, processes, families)."""
+``--only NAME[,NAME]`` runs some of them (names: step_end, metrics, async, memory, processes, families,
+evaluate)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["step_end", "metrics", "async", "memory", "processes", "families"]
+BENCHMARKS = ["step_end", "metrics", "async", "memory", "processes", "families", "evaluate"]
 
 
 def main(argv: list[str]) -> int:

@@ -127,7 +127,7 @@ class ValidationCallback:
         control = control.merged(self.runner.finish())
         if self.validation.sampler is not None:  # every process loads the same (main-written) best weights
             self.selection.restore_best(self.validation.sampler.modules)
-        self.runner.publisher.finish(self.selection)
+        self.runner.publisher.finish(self.selection.summary())
         return control
 
     def validate(self, global_step: int, baseline: bool = False) -> Control:

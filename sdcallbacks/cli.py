@@ -1,4 +1,5 @@
-"""The ``sdcallbacks`` command: ``demo``, ``score``, ``schema``, ``check-config``, ``build-world``.
+"""The ``sdcallbacks`` command: ``demo``, ``evaluate``, ``score``, ``schema``, ``check-config``,
+``build-world``.
 
 Config errors print the file, key path and expectation, and exit with code 2; Ctrl-C exits with 130.
 """
@@ -64,6 +65,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir,
             report_to=None if args.no_wandb else "wandb",
             progress_bar=True,
+            save_top_k=args.save_top_k,
         )
     except KeyboardInterrupt:
         print(f"\ninterrupted. {_partial_outputs(args.output_dir)}", file=sys.stderr)
@@ -94,6 +96,49 @@ def _partial_outputs(output_dir: Path) -> str:
     return "Partial outputs, complete up to the last finished validation:\n" + "\n".join(
         f"  {path}" for path in found
     )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from sdcallbacks.checkpoints import CheckpointError
+    from sdcallbacks.config.loading import load_config
+    from sdcallbacks.evaluation import evaluate
+
+    config = load_config(args.config)
+    try:
+        result = evaluate(
+            config,
+            args.base,
+            args.checkpoints,
+            args.out,
+            step_pattern=args.step_pattern,
+            device=args.device,
+            dtype=args.dtype,
+            mixed_precision=args.mixed_precision,
+            progress=True,
+        )
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: every model scored so far is in {args.out / 'evaluations.jsonl'}; run the "
+            "same command again to go on",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    board = result.leaderboard
+    print(board.to_markdown())
+    print()
+    print(
+        f"scored {len(result.scored)}, reused {len(result.reused)} from evaluations.jsonl, "
+        f"skipped {len(result.skipped)}"
+    )
+    for skipped in result.skipped:
+        print(f"  skipped {skipped['path']}: {skipped['reason']}")
+    print(f"best by {board.ranked_by} ({board.mode}): {board.best or 'none'}")
+    for kind, path in result.files.items():
+        print(f"  {kind + ':':<9} {path}")
+    return 0
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -144,7 +189,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-gain", type=float, default=0.3, help="required gain of the best step over baseline"
     )
     demo.add_argument("--no-wandb", action="store_true", help="do not log to W&B (offline) at all")
+    demo.add_argument(
+        "--save-top-k",
+        type=int,
+        default=1,
+        help="best validations whose checkpoints are kept; -1 keeps every one (for sdcallbacks evaluate)",
+    )
     demo.set_defaults(func=_cmd_demo)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="score the base model and every saved checkpoint of a run: a leaderboard"
+    )
+    evaluate.add_argument("checkpoints", nargs="+", help="checkpoints, folders of them, or globs")
+    evaluate.add_argument("--config", type=Path, required=True, help="the run config (prompts, metrics)")
+    evaluate.add_argument("--base", required=True, help="the base model: a diffusers folder or a hub id")
+    evaluate.add_argument("--out", type=Path, required=True, help="folder for the leaderboard and samples")
+    evaluate.add_argument(
+        "--step-pattern", help="regular expression with a group 'step' (or 'epoch') read from the names"
+    )
+    evaluate.add_argument("--device", help="default: cuda if available, else cpu")
+    evaluate.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    evaluate.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    evaluate.set_defaults(func=_cmd_evaluate)
 
     score = sub.add_parser("score", help="score a folder of existing images (no training)")
     score.add_argument("images", type=Path, help="folder of images (searched recursively)")

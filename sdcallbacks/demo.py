@@ -21,6 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from sdcallbacks.callback import ValidationCallback
 from sdcallbacks.config import (
+    CheckpointConfig,
     ClipModelConfig,
     MetricsConfig,
     PromptDefaults,
@@ -54,8 +55,9 @@ class DemoResult:
         return self.best_score - self.baseline_score
 
 
-def demo_config(world: TinyWorld, output_dir: Path, validate_every: int) -> RunConfig:
-    """The callback's configuration; the demo writes it to ``<output_dir>/config.yaml`` as well."""
+def demo_config(world: TinyWorld, output_dir: Path, validate_every: int, save_top_k: int = 1) -> RunConfig:
+    """The callback's configuration; the demo writes it to ``<output_dir>/config.yaml`` as well.
+    ``save_top_k=-1`` keeps every validation's checkpoint (for ``sdcallbacks evaluate``)."""
     clip = ClipModelConfig(model=f"local-dir:{world.clip_dir}", pretrained=None)
     return RunConfig(
         output_dir=output_dir,
@@ -77,6 +79,7 @@ def demo_config(world: TinyWorld, output_dir: Path, validate_every: int) -> RunC
         ),
         monitor=MONITOR,
         mode="max",
+        checkpoint=CheckpointConfig(save_top_k=save_top_k),
     )
 
 
@@ -101,11 +104,12 @@ def run_demo(
     output_dir: Path | str = "sdcallbacks_demo",
     max_steps: int = 600,
     validate_every: int = 100,
-    learning_rate: float = 3e-3,
+    learning_rate: float = 5e-3,
     batch_size: int = 8,
     cache_dir: Path | str | None = None,
     report_to: str | None = "wandb",
     progress_bar: bool = False,
+    save_top_k: int = 1,
 ) -> DemoResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -160,7 +164,7 @@ def run_demo(
         hidden = text_encoder(ids.to(accelerator.device))[0]
 
     # 4. The callback: these are the lines a user adds to their own loop.
-    config = demo_config(world, output_dir, validate_every)
+    config = demo_config(world, output_dir, validate_every, save_top_k)
     (output_dir / "config.yaml").write_text(_yaml(config), encoding="utf-8")
     callback = ValidationCallback(config, accelerator=accelerator)
     callback.on_train_start(

@@ -1,5 +1,6 @@
-"""The package's layers: data flows one way, config -> prompts -> sampling -> metrics -> aggregation ->
-the validation core -> selection -> outputs/trackers -> execution -> the callback and the commands.
+"""The package's layers: data flows one way, config -> prompts -> sampling (-> saved checkpoints) -> metrics
+-> aggregation -> the validation core -> selection -> outputs/trackers -> execution -> the callback,
+evaluate and the commands.
 
 Every import of every module (function-level ones included) is read from the source; a module that
 imports from a layer above its own, or from another package of its own layer, fails the test.
@@ -17,6 +18,7 @@ LAYERS = [
     {"config"},
     {"prompts"},
     {"sampling"},
+    {"checkpoints"},  # saved weights swapped into a base model: a source for the sampler
     {"metrics"},
     {"aggregation"},
     {"validation"},
@@ -24,7 +26,7 @@ LAYERS = [
     {"outputs", "trackers"},
     {"execution"},
     {"control"},
-    {"callback", "score_command"},
+    {"callback", "score_command", "evaluation"},
     {"cli", "demo", "testing", "__init__", "__main__"},  # applications: anything below
 ]
 APPLICATIONS = LAYERS[-1]

@@ -95,23 +95,32 @@ def family_problems(
     return problems
 
 
-def build_sampler(config: RunConfig, modules: TrainingModules, accelerator: Any = None) -> ValidationSampler:
-    """The sampler of ``config`` over ``modules``, on the accelerator's device and mixed precision."""
+def build_sampler(
+    config: RunConfig,
+    modules: TrainingModules,
+    accelerator: Any = None,
+    *,
+    device: str | None = None,
+    mixed_precision: str | None = None,
+) -> ValidationSampler:
+    """The sampler of ``config`` over ``modules``, on the accelerator's device and mixed precision (or the
+    ones given, for code without an accelerator)."""
+    if accelerator is not None:
+        device = device or accelerator.device
+        mixed_precision = mixed_precision or str(getattr(accelerator, "mixed_precision", "no") or "no")
     return ValidationSampler(
         modules,
         scheduler=config.sampling.scheduler,
         batch_size=config.sampling.batch_size,
-        device=accelerator.device if accelerator is not None else None,
-        mixed_precision=str(getattr(accelerator, "mixed_precision", "no") or "no"),
+        device=device,
+        mixed_precision=mixed_precision or "no",
         max_sequence_length=config.sampling.max_sequence_length,
     )
 
 
-def build_runner(
-    config: RunConfig, accelerator: Any = None, metrics: list[Metric] | None = None
-) -> ValidationRunner:
-    device = metrics_device(config, accelerator)
-    validation = build_validation(config, metrics, device)
+def build_publisher(config: RunConfig, validation: Validation, accelerator: Any = None) -> Publisher:
+    """Local files under ``config.output_dir`` and the trackers (the accelerator's, or a W&B run of the
+    callback's own with ``trackers.wandb.create_run``)."""
     trackers = TrackerLogger(
         accelerator,
         config.trackers,
@@ -120,9 +129,17 @@ def build_runner(
         run_config=flatten(config.model_dump(mode="json")),
         directory=str(config.output_dir),
     )
-    publisher = Publisher(
+    return Publisher(
         OutputWriter(config.output_dir), trackers, validation.image_score_keys, images=config.trackers.images
     )
+
+
+def build_runner(
+    config: RunConfig, accelerator: Any = None, metrics: list[Metric] | None = None
+) -> ValidationRunner:
+    device = metrics_device(config, accelerator)
+    validation = build_validation(config, metrics, device)
+    publisher = build_publisher(config, validation, accelerator)
     return ValidationRunner(
         validation,
         Selection(config),

@@ -10,6 +10,7 @@ validations) both write.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from sdcallbacks.outputs.grid import prompt_grids
 from sdcallbacks.outputs.writer import OutputWriter
@@ -64,9 +65,10 @@ class Publisher:
                     decision.best_model_path, step, selection.best_model_score, selection.monitor
                 )
 
-    def finish(self, selection: Selection) -> None:
+    def finish(self, summary: dict[str, Any]) -> None:
+        """The run's final summary (best score, step, path; stopping reason), then the trackers close."""
         with self._lock:
-            self.trackers.set_summary(selection.summary())
+            self.trackers.set_summary(summary)
             self.trackers.finish()
 
     def _write(self, step: int, part: VariantResult) -> None:
