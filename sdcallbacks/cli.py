@@ -1,5 +1,5 @@
-"""The ``sdcallbacks`` command: ``demo``, ``evaluate``, ``score``, ``schema``, ``check-config``,
-``build-world``.
+"""The ``sdcallbacks`` command: ``demo``, ``evaluate``, ``watch``, ``score``, ``schema``,
+``check-config``, ``build-world``.
 
 Config errors print the file, key path and expectation, and exit with code 2; Ctrl-C exits with 130.
 """
@@ -141,6 +141,55 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from sdcallbacks.checkpoints import CheckpointError
+    from sdcallbacks.config.loading import load_config
+    from sdcallbacks.evaluation import Evaluator, Watcher
+
+    config = load_config(args.config)
+    if args.wandb_run_id:
+        wandb = config.trackers.wandb.model_copy(update={"create_run": True, "run_id": args.wandb_run_id})
+        config = config.model_copy(update={"trackers": config.trackers.model_copy(update={"wandb": wandb})})
+    if not args.folder.is_dir():
+        print(f"error: {args.folder}: no such folder (the trainer's output folder)", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    evaluator = Evaluator(
+        config,
+        args.base,
+        args.out,
+        device=args.device,
+        dtype=args.dtype,
+        mixed_precision=args.mixed_precision,
+    )
+    watcher = Watcher(
+        evaluator,
+        args.folder,
+        step_pattern=args.step_pattern,
+        stable_polls=args.stable_polls,
+        on_stop=args.on_stop,
+    )
+    idle = None if args.idle_exit is None else args.idle_exit * 60
+    print(f"watching {args.folder} every {args.poll}s (Ctrl-C to end); outputs in {args.out}", flush=True)
+    try:
+        outcome = watcher.run(poll_s=args.poll, idle_exit_s=idle)
+    except CheckpointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted after {len(watcher.outcome.scored)} checkpoints; run it again to go on",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    print(f"watch ended ({outcome.reason}): scored {len(outcome.scored)}, passed over {len(outcome.skipped)}")
+    if outcome.stop is not None:
+        print(f"  early stop at step {outcome.stop['step']} ({outcome.stop['reason']}): {args.out / 'STOP'}")
+    if watcher.selection is not None and watcher.selection.best_model_path:
+        print(f"  best: step {watcher.selection.best_step} -> {watcher.selection.best_model_path}")
+    print(f"  leaderboard: {args.out / 'leaderboard.md'}")
+    return 0
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from sdcallbacks.metrics.images import ImageFolderError
     from sdcallbacks.score_command import prepare_output, score_folder, write_scores
@@ -174,6 +223,19 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """What ``evaluate`` and ``watch`` share: the config, the base model, the output folder, devices."""
+    parser.add_argument("--config", type=Path, required=True, help="the run config (prompts, metrics)")
+    parser.add_argument("--base", required=True, help="the base model: a diffusers folder or a hub id")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the leaderboard and samples")
+    parser.add_argument(
+        "--step-pattern", help="regular expression with a group 'step' (or 'epoch') read from the names"
+    )
+    parser.add_argument("--device", help="default: cuda if available, else cpu (e.g. cuda:1 beside training)")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdcallbacks", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -201,16 +263,22 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="score the base model and every saved checkpoint of a run: a leaderboard"
     )
     evaluate.add_argument("checkpoints", nargs="+", help="checkpoints, folders of them, or globs")
-    evaluate.add_argument("--config", type=Path, required=True, help="the run config (prompts, metrics)")
-    evaluate.add_argument("--base", required=True, help="the base model: a diffusers folder or a hub id")
-    evaluate.add_argument("--out", type=Path, required=True, help="folder for the leaderboard and samples")
-    evaluate.add_argument(
-        "--step-pattern", help="regular expression with a group 'step' (or 'epoch') read from the names"
-    )
-    evaluate.add_argument("--device", help="default: cuda if available, else cpu")
-    evaluate.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    evaluate.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    _scoring_arguments(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
+
+    watch = sub.add_parser("watch", help="beside a running trainer: score each checkpoint it writes")
+    watch.add_argument("folder", type=Path, help="the trainer's output folder")
+    _scoring_arguments(watch)
+    watch.add_argument("--poll", type=float, default=30.0, help="seconds between looks at the folder")
+    watch.add_argument(
+        "--stable-polls", type=int, default=2, help="polls a checkpoint must stay unchanged before it is read"
+    )
+    watch.add_argument("--idle-exit", type=float, help="end after this many minutes without a new checkpoint")
+    watch.add_argument("--on-stop", help="shell command run once when early stopping fires (e.g. kill PID)")
+    watch.add_argument(
+        "--wandb-run-id", help="log into this W&B run (the trainer's), at each checkpoint's step"
+    )
+    watch.set_defaults(func=_cmd_watch)
 
     score = sub.add_parser("score", help="score a folder of existing images (no training)")
     score.add_argument("images", type=Path, help="folder of images (searched recursively)")

@@ -5,21 +5,32 @@ from sdcallbacks.checkpoints.discovery import (
     Checkpoint,
     CheckpointError,
     Discovery,
+    checkpoint_at,
     find_checkpoints,
     parse_position,
+    path_state,
     safetensors_header,
 )
-from sdcallbacks.checkpoints.loading import CheckpointSwap, content_hash, file_state, load_base_pipeline
+from sdcallbacks.checkpoints.loading import (
+    CheckpointFiles,
+    CheckpointSwap,
+    content_hash,
+    file_state,
+    load_base_pipeline,
+)
 
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "CheckpointFiles",
     "CheckpointSwap",
     "Discovery",
+    "checkpoint_at",
     "content_hash",
     "file_state",
     "find_checkpoints",
     "load_base_pipeline",
     "parse_position",
+    "path_state",
     "safetensors_header",
 ]

@@ -138,7 +138,7 @@ def _kind_of_folder(folder: Path) -> Literal["lora", "denoiser"] | None:
     return None
 
 
-def _checkpoint(path: Path, step_pattern: str | None) -> Checkpoint | str:
+def checkpoint_at(path: Path, step_pattern: str | None = None) -> Checkpoint | str:
     """The checkpoint at ``path``, or why it is not one."""
     if path.is_dir():
         kind = _kind_of_folder(path)
@@ -169,6 +169,20 @@ def _header_or_reason(path: Path) -> dict | str:
         return safetensors_header(path)
     except CheckpointError as err:
         return str(err).removeprefix(f"{path}: ")
+
+
+def path_state(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """(relative name, size, mtime) of a file, or of every file under a folder: what a trainer still
+    writing changes. Read with ``stat`` only, never the content."""
+    path = Path(path)
+    try:
+        if path.is_file():
+            stat = path.stat()
+            return (("", stat.st_size, stat.st_mtime_ns),)
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return tuple((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    except OSError:  # removed while listed: unstable
+        return ()
 
 
 def _int(value: str | None, default: int | None) -> int | None:
@@ -204,14 +218,14 @@ def find_checkpoints(sources: list[str | Path], step_pattern: str | None = None)
         if not paths or not paths[0].exists():
             raise CheckpointError(f"{source}: no such file or folder (or a glob that matches nothing)")
         for path in paths:
-            own = _checkpoint(path, step_pattern) if path.is_file() or _kind_of_folder(path) else None
+            own = checkpoint_at(path, step_pattern) if path.is_file() or _kind_of_folder(path) else None
             if isinstance(own, Checkpoint):
                 found.checkpoints.append(own)
             elif own is not None:
                 found.skipped.append((path, own))
             else:  # a folder of checkpoints
                 for entry in sorted(path.iterdir()):
-                    result = _checkpoint(entry, step_pattern)
+                    result = checkpoint_at(entry, step_pattern)
                     if isinstance(result, Checkpoint):
                         found.checkpoints.append(result)
                     else:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,27 @@ def file_state(checkpoint: Checkpoint) -> list[tuple[str, int, int]]:
         except OSError:
             state.append((str(path), -1, 0))
     return state
+
+
+class CheckpointFiles:
+    """A checkpoint's own files as the weights a :class:`~sdcallbacks.selection.ModelCheckpoint` keeps: hard
+    links where the file system allows (no copy, and the trainer deleting its file frees nothing until
+    ours goes too), else copies. What ``save_weights`` writes for live modules, for a saved checkpoint."""
+
+    def __init__(self, checkpoint: Checkpoint):
+        self.checkpoint = checkpoint
+
+    def write(self, folder: Path) -> None:
+        source = self.checkpoint.path
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+        for file in files:
+            target = Path(folder) / (file.name if source.is_file() else file.relative_to(source))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(file, target)
+            except OSError:
+                shutil.copy2(file, target)
 
 
 class _UnloadedKeys(logging.Handler):

@@ -142,6 +142,11 @@ class WandbConfig(StrictModel):
     )
     table: bool = Field(True, description="Log a wandb.Table of every image and its scores per validation.")
     log_best_checkpoint: bool = Field(False, description="Upload each new best checkpoint (alias 'best').")
+    run_id: str | None = Field(
+        None,
+        description="With create_run: log into this W&B run (resumed if it exists, else created with this "
+        "id), e.g. the trainer's run for `sdcallbacks watch --wandb-run-id`.",
+    )
 
 
 class TrackersConfig(StrictModel):

@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from sdcallbacks.aggregation.records import ImageRecord
 from sdcallbacks.metrics.base import KeySpec
 
 AGGREGATE_COLUMNS = ("mean", "ci_low", "ci_high")
+LEADERBOARD_FILES = {"csv": "leaderboard.csv", "json": "leaderboard.json", "markdown": "leaderboard.md"}
 
 
 @dataclass
@@ -117,14 +119,18 @@ class Leaderboard:
         return "\n".join(lines)
 
     def write(self, folder: Path) -> dict[str, Path]:
-        paths = {
-            "csv": folder / "leaderboard.csv",
-            "json": folder / "leaderboard.json",
-            "markdown": folder / "leaderboard.md",
+        """The three files (:data:`LEADERBOARD_FILES`), each replaced whole (written aside, then renamed)."""
+        texts = {
+            "csv": self.to_csv(),
+            "json": json.dumps(self.to_json(), indent=2),
+            "markdown": self.to_markdown() + "\n",
         }
-        paths["csv"].write_text(self.to_csv(), encoding="utf-8")
-        paths["json"].write_text(json.dumps(self.to_json(), indent=2), encoding="utf-8")
-        paths["markdown"].write_text(self.to_markdown() + "\n", encoding="utf-8")
+        paths = {}
+        for kind, name in LEADERBOARD_FILES.items():
+            paths[kind] = Path(folder) / name
+            staging = paths[kind].with_name(f".{name}.tmp")
+            staging.write_text(texts[kind], encoding="utf-8")
+            os.replace(staging, paths[kind])
         return paths
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -30,7 +31,7 @@ from sdcallbacks.checkpoints import (
 )
 from sdcallbacks.config.loading import ConfigError
 from sdcallbacks.config.schema import RunConfig
-from sdcallbacks.evaluation.leaderboard import Leaderboard, ScoredModel, build_leaderboard
+from sdcallbacks.evaluation.leaderboard import LEADERBOARD_FILES, Leaderboard, ScoredModel, build_leaderboard
 from sdcallbacks.evaluation.store import ScoredStore, scoring_hash
 from sdcallbacks.execution.assemble import build_publisher, build_sampler, build_validation, family_problems
 from sdcallbacks.sampling.families import resolve_family
@@ -86,7 +87,9 @@ class _Scorer:
             return self.validation(checkpoint.position)
 
 
-def _scored(name: str, kind: str, path: str | None, checkpoint: Checkpoint | None, result: ValidationResult):
+def _scored(
+    name: str, kind: str, path: str | None, checkpoint: Checkpoint | None, result: ValidationResult
+) -> ScoredModel:
     part = result.variants[0]
     return ScoredModel(
         name=name,
@@ -98,6 +101,107 @@ def _scored(name: str, kind: str, path: str | None, checkpoint: Checkpoint | Non
         records=part.records,
         sets=part.sets,
     )
+
+
+class Evaluator:
+    """The base model and then checkpoints, scored one at a time against it, resumably; what
+    :func:`evaluate` runs over a list and ``sdcallbacks watch`` over a folder as it fills.
+
+    Args:
+        config: the run config (prompts, sampling, metrics, monitor); its ``output_dir`` becomes ``out``.
+        base: the base model, a diffusers folder or a hub id.
+        out: where ``evaluations.jsonl``, ``samples/``, ``metrics.jsonl`` and the leaderboard go.
+        device: where the base pipeline samples (default CUDA if available); ``dtype`` of its weights;
+            ``mixed_precision`` of sampling's autocast.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        base: str,
+        out: str | Path,
+        *,
+        device: str | None = None,
+        dtype: str = "float32",
+        mixed_precision: str = "no",
+    ):
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.base = base
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # One weights source at a time: EMA variants belong to a training run, not to a saved checkpoint.
+        sampling = config.sampling.model_copy(update={"ema": "none"})
+        self.config = config.model_copy(update={"output_dir": self.out, "sampling": sampling})
+        digest = scoring_hash(
+            self.config,
+            base=base,
+            dtype=dtype,
+            mixed_precision=mixed_precision,
+            device=torch.device(device).type,
+        )
+        self.store = ScoredStore(self.out / STORE_FILE, digest)
+        self.scorer = _Scorer(self.config, base, device, dtype, mixed_precision)
+        self.publisher = self.scorer.publisher  # files and trackers, shared with watch's decisions
+        self.models: list[ScoredModel] = []  # the base first, then checkpoints as scored
+        self.scored: list[str] = []
+        self.reused: list[str] = []
+
+    def base_model(self) -> ScoredModel:
+        """The base model's scores (computed once, or read back), and the baseline of every checkpoint."""
+        if self.models:
+            return self.models[0]
+        key = f"base:{self.base}"
+        model = self.store.get(key)
+        if model is None:
+            result = self.scorer.base_model()
+            self.publisher.publish(result)
+            model = _scored("base", "base", self.base, None, result)
+            self.store.add(key, model)
+            self.scored.append("base")
+        else:
+            self.reused.append("base")
+        self.scorer.validation.baseline.store("model", model.records, model.sets)
+        self.models.append(model)
+        return model
+
+    def score(self, checkpoint: Checkpoint) -> ScoredModel:
+        """``checkpoint``'s scores, computed and published, or read back when its content was scored
+        before with this config. A :class:`CheckpointError` when it cannot be scored (nothing written)."""
+        self.base_model()
+        content = content_hash(checkpoint)
+        cached = self.store.get(content)
+        if cached is not None:
+            model = _renamed(cached, checkpoint)
+            self.reused.append(checkpoint.name)
+        else:
+            before = file_state(checkpoint)
+            result = self.scorer.checkpoint(checkpoint)
+            if file_state(checkpoint) != before:
+                raise CheckpointError(f"{checkpoint.path}: removed or rewritten while it was being scored")
+            self.publisher.publish(result)
+            model = _scored(checkpoint.name, checkpoint.kind, str(checkpoint.path), checkpoint, result)
+            self.store.add(content, model)
+            self.scored.append(checkpoint.name)
+        self.models.append(model)
+        return model
+
+    def leaderboard(self, skipped: list[dict[str, str]]) -> Leaderboard:
+        """The leaderboard of every model so far (checkpoints in training order), written to ``out``."""
+        checkpoints = sorted(self.models[1:], key=lambda m: m.position)
+        board = build_leaderboard(
+            self.models[:1] + checkpoints,
+            self.scorer.validation.key_specs,
+            self.config.monitor,
+            self.config.mode,
+            skipped=skipped,
+            seed=self.config.seed if isinstance(self.config.seed, int) else 0,
+        )
+        board.write(self.out)
+        return board
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """The trackers' run summary, then they close."""
+        self.publisher.finish(summary)
 
 
 def evaluate(
@@ -118,79 +222,24 @@ def evaluate(
     ``base`` does not load, and :class:`~sdcallbacks.config.ConfigError` for a config the base model's
     family cannot run. Checkpoints that fail one by one are skipped (``EvaluationResult.skipped``).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     discovery = find_checkpoints(list(sources), step_pattern)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # One weights source at a time: EMA variants belong to a training run, not to a saved checkpoint.
-    sampling = config.sampling.model_copy(update={"ema": "none"})
-    config = config.model_copy(update={"output_dir": out, "sampling": sampling})
-    store = ScoredStore(
-        out / STORE_FILE,
-        scoring_hash(
-            config, base=base, dtype=dtype, mixed_precision=mixed_precision, device=torch.device(device).type
-        ),
-    )
-    scorer = _Scorer(config, base, device, dtype, mixed_precision)
-    result = EvaluationResult(leaderboard=None, files={})  # type: ignore[arg-type]
-    result.skipped = [{"path": str(p), "reason": why} for p, why in discovery.skipped]
-
-    base_key = f"base:{base}"
-    base_model = store.get(base_key)
-    if base_model is None:
-        scored = scorer.base_model()
-        scorer.publisher.publish(scored)
-        base_model = _scored("base", "base", base, None, scored)
-        store.add(base_key, base_model)
-        result.scored.append("base")
-    else:
-        result.reused.append("base")
-    scorer.validation.baseline.store("model", base_model.records, base_model.sets)
-
-    models = [base_model]
+    evaluator = Evaluator(config, base, out, device=device, dtype=dtype, mixed_precision=mixed_precision)
+    skipped = [{"path": str(p), "reason": why} for p, why in discovery.skipped]
+    evaluator.base_model()
     bar = tqdm(
         discovery.checkpoints, desc="checkpoints", unit="ckpt", disable=not progress, dynamic_ncols=True
     )
     for checkpoint in bar:
         bar.set_postfix_str(checkpoint.name, refresh=False)
         try:
-            model = _evaluate_one(scorer, store, checkpoint, result)
+            evaluator.score(checkpoint)
         except CheckpointError as err:
             logger.warning("sdcallbacks: skipped %s", err)
-            result.skipped.append({"path": str(checkpoint.path), "reason": str(err)})
-            continue
-        models.append(model)
-
-    result.leaderboard = build_leaderboard(
-        models,
-        scorer.validation.key_specs,
-        config.monitor,
-        config.mode,
-        skipped=result.skipped,
-        seed=config.seed if isinstance(config.seed, int) else 0,
-    )
-    result.files = result.leaderboard.write(out)
-    scorer.publisher.finish(result.leaderboard.summary())
-    return result
-
-
-def _evaluate_one(
-    scorer: _Scorer, store: ScoredStore, checkpoint: Checkpoint, result: EvaluationResult
-) -> ScoredModel:
-    content = content_hash(checkpoint)
-    cached = store.get(content)
-    if cached is not None:
-        result.reused.append(checkpoint.name)
-        return _renamed(cached, checkpoint)
-    before = file_state(checkpoint)
-    scored = scorer.checkpoint(checkpoint)
-    if file_state(checkpoint) != before:
-        raise CheckpointError(f"{checkpoint.path}: removed or rewritten while it was being scored")
-    scorer.publisher.publish(scored)
-    model = _scored(checkpoint.name, checkpoint.kind, str(checkpoint.path), checkpoint, scored)
-    store.add(content, model)
-    result.scored.append(checkpoint.name)
-    return model
+            skipped.append({"path": str(checkpoint.path), "reason": str(err)})
+    board = evaluator.leaderboard(skipped)
+    evaluator.finish(board.summary())
+    files = {kind: evaluator.out / name for kind, name in LEADERBOARD_FILES.items()}
+    return EvaluationResult(board, files, evaluator.scored, evaluator.reused, skipped)
 
 
 def _renamed(model: ScoredModel, checkpoint: Checkpoint) -> ScoredModel:

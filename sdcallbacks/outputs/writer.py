@@ -90,6 +90,10 @@ class OutputWriter:
         """One validation's aggregates of one variant (``base`` for the baseline validation)."""
         self._append({"type": "aggregate", "step": step, "variant": variant, "values": values, **extra})
 
+    def append_event(self, step: int, event: str, **data: Any) -> None:
+        """Something that happened at ``step`` besides scores (``sdcallbacks watch``'s ``early_stop``)."""
+        self._append({"type": "event", "step": step, "event": event, **data})
+
     def append_loss(self, step: int, values: dict[str, float]) -> None:
         """``val_loss`` of the model's weights measured between validations (no images)."""
         self._append({"type": "loss", "step": step, "variant": "model", "values": values})

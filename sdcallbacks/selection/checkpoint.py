@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sdcallbacks.sampling.modules import TrainingModules
-from sdcallbacks.selection.snapshots import WeightsSnapshot, save_weights
+from sdcallbacks.selection.snapshots import WeightsWriter, save_weights
 
 _STAGING = re.compile(r"\.(tmp|old)-[0-9a-f]{32}")
 _CHECKPOINT = re.compile(r"step_\d+|last")
 
 
-def _atomic_write(weights: TrainingModules | WeightsSnapshot, final: Path) -> None:
+def _atomic_write(weights: TrainingModules | WeightsWriter, final: Path) -> None:
     staging = final.parent / f".tmp-{uuid.uuid4().hex}"  # names matched by _STAGING
     previous = final.parent / f".old-{uuid.uuid4().hex}"
     try:
@@ -104,7 +104,7 @@ class ModelCheckpoint:
             return True
         return self._better(score, self.best_k_models[self.kth_best_model_path])
 
-    def update(self, score: float, step: int, modules: TrainingModules | WeightsSnapshot) -> bool:
+    def update(self, score: float, step: int, modules: TrainingModules | WeightsWriter) -> bool:
         """Record one validation's ``score`` at ``step``; save what the settings ask for (from the live
         ``modules`` or a snapshot of the step's weights). Returns whether it became the new best."""
         score = float(score)

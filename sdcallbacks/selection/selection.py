@@ -20,7 +20,7 @@ from sdcallbacks.config.schema import RunConfig
 from sdcallbacks.sampling.modules import TrainingModules
 from sdcallbacks.selection.checkpoint import ModelCheckpoint
 from sdcallbacks.selection.early_stopping import EarlyStopping, StoppingReason
-from sdcallbacks.selection.snapshots import WeightsSnapshot, load_weights
+from sdcallbacks.selection.snapshots import WeightsWriter, load_weights
 from sdcallbacks.validation.result import ValidationResult
 
 logger = logging.getLogger("sdcallbacks")
@@ -73,7 +73,7 @@ class Selection:
         self.restore_best_at_end = es.restore_best_at_end if es is not None else False
         self.monitored: list[tuple[int, float]] = []  # (step, monitored value) of each decision
 
-    def decide(self, result: ValidationResult, weights: TrainingModules | WeightsSnapshot) -> Decision:
+    def decide(self, result: ValidationResult, weights: TrainingModules | WeightsWriter) -> Decision:
         """Keep ``weights`` if ``result`` is among the best, and say whether to stop."""
         monitored = result.monitored
         if self.monitor is None or monitored is None:

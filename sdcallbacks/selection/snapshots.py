@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -106,10 +107,18 @@ class WeightsSnapshot:
         save_file(self.state, target / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
 
 
-def save_weights(weights: TrainingModules | WeightsSnapshot, folder: Path) -> None:
+class WeightsWriter(Protocol):
+    """Weights that write themselves into a folder: a :class:`WeightsSnapshot`, or a saved checkpoint's
+    files (``sdcallbacks.checkpoints.CheckpointFiles``, kept by ``sdcallbacks watch``)."""
+
+    def write(self, folder: Path) -> None: ...
+
+
+def save_weights(weights: TrainingModules | WeightsWriter, folder: Path) -> None:
     """Write the trained weights into ``folder`` (LoRA if adapters are present, else the full denoiser in
-    ``unet/`` or ``transformer/``), from the live modules or from a snapshot taken earlier."""
-    if isinstance(weights, WeightsSnapshot):
+    ``unet/`` or ``transformer/``), from the live modules, a snapshot taken earlier, or a checkpoint's
+    own files."""
+    if not isinstance(weights, TrainingModules):
         weights.write(folder)
         return
     family = resolve_family(weights)

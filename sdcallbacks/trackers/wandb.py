@@ -136,4 +136,6 @@ def create_run(config: WandbConfig, directory: str, run_config: dict[str, Any]) 
         mode=config.mode,
         dir=os.environ.get("WANDB_DIR") or directory,
         config=run_config,
+        id=config.run_id,
+        resume="allow" if config.run_id else None,
     )
