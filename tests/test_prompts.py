@@ -34,12 +34,119 @@ def test_kohya_line_grammar():
     assert parse_kohya_line("", "p.txt:3") is None
 
 
+def test_every_current_sd_scripts_option_and_what_cannot_be_honoured_warns_with_file_and_line(
+    tmp_path, caplog
+):
+    """The options sd-scripts' ``line_to_prompt_dict`` reads today (case-insensitive): honoured ones map to
+    the entry; ``--ss --cn --i --ctr --rcfg --fs --am`` and unknown ones are warnings naming file and line."""
+    path = tmp_path / "sample_prompts.txt"
+    path.write_text(
+        "# kohya prompts\n"
+        "1girl, flux --W 1024 --H 768 --D 7 --S 2000 --G 3.5 --L 1.0 --ss euler_a --cn c.png --i i.png"
+        " --ctr 0.25 --rcfg 1.0 --fs 3.1 --am 0.5,1 --zz 1\n",
+        encoding="utf-8",
+    )
+    with caplog.at_level("WARNING", logger="sdcallbacks"):
+        [entry] = read_kohya_file(path)
+    assert entry == {
+        "prompt": "1girl, flux",
+        "width": 1024,
+        "height": 768,
+        "seeds": [7],
+        "steps": 1000,  # clamped as sd-scripts clamps --s
+        "guidance_scale": 3.5,  # --g (Flux's guidance) wins over --l
+    }
+    warned = [r.getMessage() for r in caplog.records]
+    assert all(f"{path}:2" in m for m in warned)
+    for what in (
+        "sample_sampler",
+        "controlnet_image",
+        ": image (",
+        "cfg_trunc_ratio",
+        "renorm_cfg",
+        "flow_shift",
+        "additional_network_multiplier",
+        "--zz",
+        "scale/--l next to guidance_scale/--g",
+    ):
+        assert sum(what in m for m in warned) == 1, what
+
+
+def test_kohya_json_and_toml_prompt_files_as_sd_scripts_reads_them(tmp_path, caplog):
+    import json
+
+    js = tmp_path / "prompts.json"
+    js.write_text(
+        json.dumps(
+            [
+                "a red square --n blurry --d 5",
+                {
+                    "prompt": "a blue square",
+                    "sample_steps": 12,
+                    "scale": 6.5,
+                    "seed": 9,
+                    "width": 64,
+                    "height": 32,
+                    "sample_sampler": "k_euler",
+                },
+            ]
+        ),
+        encoding="utf-8",
+    )
+    toml = tmp_path / "prompts.toml"
+    toml.write_text(
+        '[prompt]\nnegative_prompt = "lowres"\nsample_steps = 8\nwidth = 64\nheight = 64\nscale = 5.0\n\n'
+        '[[prompt.subset]]\nprompt = "green circle"\nseed = 1\n\n'
+        '[[prompt.subset]]\nprompt = "yellow circle"\nseed = 2\nwidth = 32\n',
+        encoding="utf-8",
+    )
+    config = RunConfig(
+        prompt_files=[js, toml], defaults=PromptDefaults(width=48, height=48, steps=4, guidance_scale=2.0)
+    )
+    with caplog.at_level("WARNING", logger="sdcallbacks"):
+        specs = load_prompts(config)
+    got = [
+        (s.prompt, s.negative_prompt, s.seeds, s.width, s.height, s.steps, s.guidance_scale) for s in specs
+    ]
+    assert got == [
+        ("a red square", "blurry", (5,), 48, 48, 4, 2.0),
+        ("a blue square", "", (9,), 64, 32, 12, 6.5),
+        ("green circle", "lowres", (1,), 64, 64, 8, 5.0),
+        ("yellow circle", "lowres", (2,), 32, 64, 8, 5.0),
+    ]
+    assert [m for m in caplog.messages if "sample_sampler" in m] == [
+        f"sdcallbacks: {js}: [1]: sample_sampler (the sampler is the config's sampling.scheduler, one for "
+        "every prompt); ignored"
+    ]
+
+
+def test_ai_toolkit_job_config_sample_block(tmp_path, caplog):
+    config_file = tmp_path / "my_lora.yaml"
+    config_file.write_text(
+        "job: extension\nconfig:\n  name: my_lora\n  process:\n    - type: sd_trainer\n"
+        "      trigger_word: p3r5on\n      sample:\n        sampler: flowmatch\n        width: 64\n"
+        '        prompts:\n          - "[trigger] holding a sign"\n          - "a forest"\n'
+        '        neg: "blurry"\n        seed: 42\n        walk_seed: true\n        guidance_scale: 4\n'
+        "        sample_steps: 6\n",
+        encoding="utf-8",
+    )
+    with caplog.at_level("WARNING", logger="sdcallbacks"):
+        specs = load_prompts(RunConfig(prompt_files=[config_file]))
+    got = [
+        (s.prompt, s.negative_prompt, s.seeds, s.width, s.height, s.steps, s.guidance_scale) for s in specs
+    ]
+    assert got == [
+        ("p3r5on holding a sign", "blurry", (42,), 64, 512, 6, 4.0),
+        ("a forest", "blurry", (43,), 64, 512, 6, 4.0),  # walk_seed: seed + prompt index
+    ]
+    assert any("config.process.0.sample.sampler" in m and str(config_file) in m for m in caplog.messages)
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
         ("a cat --w wide", "--w expects an integer"),
         ("a cat --l high", "--l expects a number"),
-        ("a cat --zz 3", "unknown option --zz"),
         ("--w 512", "expected the prompt text first"),
     ],
 )

@@ -16,7 +16,14 @@ from pydantic import ValidationError
 from sdcallbacks.config.base import SEED_MAX, SEED_MIN
 from sdcallbacks.config.loading import ConfigError, format_validation_error, parse_structured
 from sdcallbacks.config.schema import PromptDefaults, PromptEntry, RunConfig
-from sdcallbacks.prompts.kohya import read_kohya_lines
+from sdcallbacks.prompts.ai_toolkit import ai_toolkit_items, sample_blocks
+from sdcallbacks.prompts.kohya import (
+    is_kohya_item,
+    is_kohya_toml,
+    kohya_json_items,
+    kohya_toml_items,
+    read_kohya_lines,
+)
 from sdcallbacks.prompts.names import sanitize_name, unique_names
 
 # Derived seeds are base + SEED_STRIDE * prompt_index + image_index: readable and collision-free
@@ -57,17 +64,31 @@ class ImageJob:
 
 
 def _read_prompt_file(path: Path) -> list[tuple[str, Any]]:
-    """(where in the file, raw entry) pairs: ``line N: `` for kohya .txt files, ``prompts.I.`` otherwise
-    (prefixes of the entry's field errors)."""
+    """(where in the file, raw entry) pairs, the prefixes of the entry's field errors. Read as they are:
+    kohya sd-scripts' ``.txt``/``.json``/``.toml`` (:mod:`.kohya`), ai-toolkit's job config
+    (:mod:`.ai_toolkit`), or sdcallbacks' own list of prompt entries (YAML/JSON/TOML, or a mapping with
+    ``prompts``)."""
     if not path.is_file():
         raise ConfigError(path, ["prompt file not found"])
     if path.suffix.lower() == ".txt":
         return [(f"line {number}: ", entry) for number, entry in read_kohya_lines(path)]
-    data = parse_structured(path, suffixes=(".txt", ".yaml", ".yml", ".json"))
+    data = parse_structured(path, suffixes=(".yaml", ".yml", ".json", ".toml"))
+    if is_kohya_toml(data):
+        return kohya_toml_items(data, path)
+    if sample_blocks(data):
+        return ai_toolkit_items(data, path)
     if isinstance(data, dict) and "prompts" in data:
         data = data["prompts"]
     if not isinstance(data, list):
-        raise ConfigError(path, ["expected a list of prompt entries (or a mapping with key 'prompts')"])
+        raise ConfigError(
+            path,
+            [
+                "expected a list of prompt entries (or a mapping with key 'prompts'), kohya's [prompt] table "
+                "with [[prompt.subset]], or an ai-toolkit config with a sample block"
+            ],
+        )
+    if path.suffix.lower() == ".json" and any(map(is_kohya_item, data)):
+        return kohya_json_items(data, path)
     return [(f"prompts.{i}.", item) for i, item in enumerate(data)]
 
 
