@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -392,3 +393,50 @@ def test_full_denoiser_checkpoints_folders_and_single_files(tmp_path, tagger_dir
     with swap.applied(checkpoint):
         assert not torch.equal(pipeline.unet.conv_in.weight, before["conv_in.weight"])
     assert all(torch.equal(v, before[k]) for k, v in pipeline.unet.state_dict().items())
+
+
+def test_two_processes_give_the_same_leaderboard_as_one(tmp_path, tagger_dir, base_folder):
+    """``sdcallbacks evaluate`` under torchrun with 2 CPU processes (gloo) against 1 (both one thread each, so
+    the arithmetic is the same): checkpoints split one per process per round, published by the main
+    process in training order; the same rows, values and files."""
+    import os
+    import subprocess
+
+    import sdcallbacks
+    from sdcallbacks.testing.launch import torchrun_command
+
+    config_path = _config(tmp_path, tagger_dir)
+    _train(base_folder, config_path, steps=6)  # three checkpoints: an odd number, one process idles
+    checkpoints = tmp_path / "train" / "checkpoints"
+    entry = Path(sdcallbacks.__file__).parent / "__main__.py"
+    boards = {}
+    for processes in (1, 2):
+        out = tmp_path / f"processes_{processes}"
+        argv = ["evaluate", "--config", str(config_path), "--base", str(base_folder), "--out", str(out)]
+        done = subprocess.run(
+            torchrun_command(processes, entry, *argv, str(checkpoints)),
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        boards[processes] = json.loads((out / "leaderboard.json").read_text())
+    one, two = boards[1], boards[2]
+    assert (
+        [r["name"] for r in two["rows"]]
+        == [r["name"] for r in one["rows"]]
+        == ["base", "step_0000002", "step_0000004", "step_0000006"]
+    )
+    for theirs, ours in zip(two["rows"], one["rows"]):
+        for key in MEANS:
+            assert theirs[key] == ours[key]
+    assert two["best"] == one["best"] and two["comparison"] == one["comparison"]
+    out = tmp_path / "processes_2"
+    aggregates = [
+        (r["step"], r["variant"]) for r in read_metrics(out / "metrics.jsonl") if r["type"] == "aggregate"
+    ]
+    assert aggregates == [(0, "base"), (2, "model"), (4, "model"), (6, "model")]
+    assert len((out / "evaluations.jsonl").read_text().splitlines()) == 4
+    for step in (2, 4, 6):
+        assert (out / "samples" / f"step_{step:07d}" / "grid.png").is_file()

@@ -34,6 +34,7 @@ from sdcallbacks.config.schema import RunConfig
 from sdcallbacks.evaluation.leaderboard import LEADERBOARD_FILES, Leaderboard, ScoredModel, build_leaderboard
 from sdcallbacks.evaluation.store import ScoredStore, scoring_hash
 from sdcallbacks.execution.assemble import build_publisher, build_sampler, build_validation, family_problems
+from sdcallbacks.execution.processes import Processes
 from sdcallbacks.sampling.families import resolve_family
 from sdcallbacks.sampling.modules import TrainingModules
 from sdcallbacks.validation.result import ValidationResult
@@ -50,6 +51,18 @@ class EvaluationResult:
     scored: list[str] = field(default_factory=list)  # names scored in this run
     reused: list[str] = field(default_factory=list)  # names whose scores came from evaluations.jsonl
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"path", "reason"}
+
+
+@dataclass
+class Outcome:
+    """One checkpoint's turn: its scores (``result`` when computed now, for publishing), or why not."""
+
+    checkpoint: Checkpoint
+    content: str | None
+    model: ScoredModel | None
+    result: ValidationResult | None = None
+    reused: bool = False
+    error: str | None = None
 
 
 class _Scorer:
@@ -124,10 +137,14 @@ class Evaluator:
         device: str | None = None,
         dtype: str = "float32",
         mixed_precision: str = "no",
+        processes: Processes | None = None,
     ):
+        self.processes = processes or Processes()
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.base = base
+        state = self.processes.accelerator
+        device = device or (str(state.device) if state is not None else None)
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         # One weights source at a time: EMA variants belong to a training run, not to a saved checkpoint.
         sampling = config.sampling.model_copy(update={"ema": "none"})
@@ -147,43 +164,65 @@ class Evaluator:
         self.reused: list[str] = []
 
     def base_model(self) -> ScoredModel:
-        """The base model's scores (computed once, or read back), and the baseline of every checkpoint."""
+        """The base model's scores (computed once, or read back), and the baseline of every checkpoint.
+        With several processes the main one scores it and the others receive its records."""
         if self.models:
             return self.models[0]
         key = f"base:{self.base}"
         model = self.store.get(key)
-        if model is None:
-            result = self.scorer.base_model()
-            self.publisher.publish(result)
-            model = _scored("base", "base", self.base, None, result)
-            self.store.add(key, model)
-            self.scored.append("base")
-        else:
+        failures: list[str] = []
+        if model is None and self.processes.is_main:
+            with self.processes.carried(failures):
+                result = self.scorer.base_model()
+                self.publisher.publish(result)
+                model = _scored("base", "base", self.base, None, result)
+                self.store.add(key, model)
+                self.scored.append("base")
+        elif model is not None:
             self.reused.append("base")
+        model, failures = self.processes.broadcast((model, failures))
+        if failures:
+            raise RuntimeError("the base model could not be scored:\n" + "\n".join(failures))
         self.scorer.validation.baseline.store("model", model.records, model.sets)
         self.models.append(model)
         return model
 
-    def score(self, checkpoint: Checkpoint) -> ScoredModel:
-        """``checkpoint``'s scores, computed and published, or read back when its content was scored
-        before with this config. A :class:`CheckpointError` when it cannot be scored (nothing written)."""
+    def compute(self, checkpoint: Checkpoint) -> Outcome:
+        """``checkpoint`` scored in this process, or its scores read back when its content was scored
+        before with this config; nothing is written (:meth:`accept` does that, on the main process)."""
         self.base_model()
-        content = content_hash(checkpoint)
-        cached = self.store.get(content)
-        if cached is not None:
-            model = _renamed(cached, checkpoint)
-            self.reused.append(checkpoint.name)
-        else:
+        try:
+            content = content_hash(checkpoint)
+            cached = self.store.get(content)
+            if cached is not None:
+                return Outcome(checkpoint, content, _renamed(cached, checkpoint), reused=True)
             before = file_state(checkpoint)
             result = self.scorer.checkpoint(checkpoint)
             if file_state(checkpoint) != before:
                 raise CheckpointError(f"{checkpoint.path}: removed or rewritten while it was being scored")
-            self.publisher.publish(result)
-            model = _scored(checkpoint.name, checkpoint.kind, str(checkpoint.path), checkpoint, result)
-            self.store.add(content, model)
-            self.scored.append(checkpoint.name)
-        self.models.append(model)
-        return model
+        except CheckpointError as err:
+            return Outcome(checkpoint, None, None, error=str(err))
+        model = _scored(checkpoint.name, checkpoint.kind, str(checkpoint.path), checkpoint, result)
+        return Outcome(checkpoint, content, model, result=result)
+
+    def accept(self, outcome: Outcome) -> ScoredModel:
+        """Publish and store a computed checkpoint (main process); a skipped one raises its
+        :class:`CheckpointError`."""
+        if outcome.error is not None:
+            raise CheckpointError(outcome.error)
+        if outcome.reused:
+            self.reused.append(outcome.checkpoint.name)
+        else:
+            self.publisher.publish(outcome.result)
+            self.store.add(outcome.content, outcome.model)
+            self.scored.append(outcome.checkpoint.name)
+        self.models.append(outcome.model)
+        return outcome.model
+
+    def score(self, checkpoint: Checkpoint) -> ScoredModel:
+        """``checkpoint``'s scores, computed and published, or read back (one process). A
+        :class:`CheckpointError` when it cannot be scored (nothing written)."""
+        return self.accept(self.compute(checkpoint))
 
     def leaderboard(self, skipped: list[dict[str, str]]) -> Leaderboard:
         """The leaderboard of every model so far (checkpoints in training order), written to ``out``."""
@@ -222,24 +261,57 @@ def evaluate(
     ``base`` does not load, and :class:`~sdcallbacks.config.ConfigError` for a config the base model's
     family cannot run. Checkpoints that fail one by one are skipped (``EvaluationResult.skipped``).
     """
+    processes = Processes(
+        _distributed_state(cpu=(device or "").startswith("cpu") or not torch.cuda.is_available())
+    )
     discovery = find_checkpoints(list(sources), step_pattern)
-    evaluator = Evaluator(config, base, out, device=device, dtype=dtype, mixed_precision=mixed_precision)
+    evaluator = Evaluator(
+        config, base, out, device=device, dtype=dtype, mixed_precision=mixed_precision, processes=processes
+    )
     skipped = [{"path": str(p), "reason": why} for p, why in discovery.skipped]
     evaluator.base_model()
+    checkpoints = discovery.checkpoints
+    # In rounds of one checkpoint per process: each process scores its own, the main process publishes
+    # them all in training order (the images of one round travel, not of the whole evaluation).
+    rounds = range(0, len(checkpoints), processes.world)
     bar = tqdm(
-        discovery.checkpoints, desc="checkpoints", unit="ckpt", disable=not progress, dynamic_ncols=True
+        rounds,
+        desc="checkpoints",
+        unit=f"x{processes.world} ckpt" if processes.world > 1 else "ckpt",
+        disable=not (progress and processes.is_main),
+        dynamic_ncols=True,
     )
-    for checkpoint in bar:
-        bar.set_postfix_str(checkpoint.name, refresh=False)
-        try:
-            evaluator.score(checkpoint)
-        except CheckpointError as err:
-            logger.warning("sdcallbacks: skipped %s", err)
-            skipped.append({"path": str(checkpoint.path), "reason": str(err)})
-    board = evaluator.leaderboard(skipped)
-    evaluator.finish(board.summary())
+    for start in bar:
+        index = start + processes.rank
+        mine = evaluator.compute(checkpoints[index]) if index < len(checkpoints) else None
+        for outcome in processes.collect(mine):
+            if outcome is None or not processes.is_main:
+                continue
+            bar.set_postfix_str(outcome.checkpoint.name, refresh=False)
+            try:
+                evaluator.accept(outcome)
+            except CheckpointError as err:
+                logger.warning("sdcallbacks: skipped %s", err)
+                skipped.append({"path": str(outcome.checkpoint.path), "reason": str(err)})
     files = {kind: evaluator.out / name for kind, name in LEADERBOARD_FILES.items()}
+    board = None
+    if processes.is_main:
+        board = evaluator.leaderboard(skipped)
+        evaluator.finish(board.summary())
+    board = processes.broadcast(board)
     return EvaluationResult(board, files, evaluator.scored, evaluator.reused, skipped)
+
+
+def _distributed_state(cpu: bool) -> Any:
+    """accelerate's process state when launched on several processes (``accelerate launch``, torchrun),
+    else None. ``cpu``: processes on the CPU (gloo), which accelerate only sets up when told."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=cpu)
 
 
 def _renamed(model: ScoredModel, checkpoint: Checkpoint) -> ScoredModel:

@@ -78,6 +78,14 @@ class Processes:
             return None, errors
         return DrawnVariant.merged(parts), errors
 
+    def collect(self, value: Any) -> list[Any]:
+        """Every process's ``value``, in rank order (all must call it)."""
+        if self.world == 1:
+            return [value]
+        from accelerate.utils import gather_object
+
+        return gather_object([value])  # one level is flattened: one item per process
+
     def broadcast(self, value: Any) -> Any:
         """The main process's ``value`` on every process (all must call it)."""
         if self.world > 1:
