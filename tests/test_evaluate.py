@@ -62,13 +62,21 @@ def test_discovery_reads_kohya_metadata_and_passes_over_what_is_not_a_checkpoint
     (run / "sample").mkdir()
     (run / "log.txt").write_text("loss 0.1")
     _lora_file(run / "final.safetensors")
+    _lora_file(run / "mylora.safetensors", {"ss_steps": "250"})  # kohya's final save, at a saved step
     found = find_checkpoints([run])
     assert [(c.name, c.step, c.epoch) for c in found.checkpoints] == [
         ("mylora-000001.safetensors", None, 1),
         ("mylora-000002.safetensors", 250, 2),
     ]
     reasons = {path.name: why for path, why in found.skipped}
-    assert set(reasons) == {"broken-000003.safetensors", "sample", "log.txt", "final.safetensors"}
+    assert set(reasons) == {
+        "broken-000003.safetensors",
+        "sample",
+        "log.txt",
+        "final.safetensors",
+        "mylora.safetensors",
+    }
+    assert reasons["mylora.safetensors"] == "at the same step as mylora-000002.safetensors"
     assert "not a readable safetensors file" in reasons["broken-000003.safetensors"]
     assert "--step-pattern" in reasons["final.safetensors"]
 

@@ -53,6 +53,7 @@ class Checkpoint:
     kind: Literal["lora", "denoiser"]
     step: int | None = None
     epoch: int | None = None
+    named: bool = True  # the position came from the name (else from metadata alone: kohya's final save)
 
     @property
     def name(self) -> str:
@@ -155,13 +156,14 @@ def checkpoint_at(path: Path, step_pattern: str | None = None) -> Checkpoint | s
     if isinstance(header, str):
         return header
     metadata = header.get("__metadata__") or {}
+    named = step is not None or epoch is not None
     if step_pattern is None:  # kohya's metadata is exact where names are only an epoch
         step = _int(metadata.get("ss_steps"), step)
         epoch = _int(metadata.get("ss_epoch"), epoch)
     if step is None and epoch is None:
         rule = f'--step-pattern "{step_pattern}"' if step_pattern else "the trainers' names"
         return f"no step or epoch in its name ({rule}) or metadata; name one with --step-pattern"
-    return Checkpoint(path, kind, step, epoch)
+    return Checkpoint(path, kind, step, epoch, named)
 
 
 def _header_or_reason(path: Path) -> dict | str:
@@ -236,14 +238,18 @@ def find_checkpoints(sources: list[str | Path], step_pattern: str | None = None)
             f"no checkpoint found in {', '.join(map(str, sources))}" + (f" ({reasons})" if reasons else "")
         )
     by_position: dict[int, Checkpoint] = {}
-    for checkpoint in found.checkpoints:
+    for checkpoint in sorted(found.checkpoints, key=lambda c: not c.named):  # named ones first
         other = by_position.setdefault(checkpoint.position, checkpoint)
-        if other is not checkpoint:
-            raise CheckpointError(
-                f"{other.path} and {checkpoint.path} are both at {_unit(checkpoint)} {checkpoint.position}: "
-                "evaluate one run at a time, or tell them apart with --step-pattern"
-            )
-    found.checkpoints.sort(key=lambda c: c.position)
+        if other is checkpoint:
+            continue
+        if other.named and not checkpoint.named:  # kohya's final file, saved at a step a named one has
+            found.skipped.append((checkpoint.path, f"at the same {_unit(checkpoint)} as {other.name}"))
+            continue
+        raise CheckpointError(
+            f"{other.path} and {checkpoint.path} are both at {_unit(checkpoint)} {checkpoint.position}: "
+            "evaluate one run at a time, or tell them apart with --step-pattern"
+        )
+    found.checkpoints = sorted(by_position.values(), key=lambda c: c.position)
     return found
 
 
