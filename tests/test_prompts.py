@@ -142,6 +142,47 @@ def test_ai_toolkit_job_config_sample_block(tmp_path, caplog):
     assert any("config.process.0.sample.sampler" in m and str(config_file) in m for m in caplog.messages)
 
 
+def test_onetrainer_sample_definitions(tmp_path, caplog):
+    import json
+
+    path = tmp_path / "samples.json"
+    sample = {
+        "enabled": True,
+        "prompt": "a photo of sks dog",
+        "negative_prompt": "blurry",
+        "height": 64,
+        "width": 32,
+        "frames": 1,
+        "length": 10.0,
+        "seed": 42,
+        "random_seed": False,
+        "diffusion_steps": 9,
+        "cfg_scale": 5.5,
+        "noise_scheduler": "DDIM",
+        "text_encoder_1_layer_skip": 0,
+        "sample_inpainting": False,
+    }
+    samples = [
+        sample,
+        {**sample, "enabled": False, "prompt": "left out"},
+        {**sample, "prompt": "random", "random_seed": True, "text_encoder_1_layer_skip": 2},
+    ]
+    path.write_text(json.dumps(samples), encoding="utf-8")
+    with caplog.at_level("WARNING", logger="sdcallbacks"):
+        specs = load_prompts(RunConfig(prompt_files=[path], seed=100))
+    got = [
+        (s.prompt, s.negative_prompt, s.seeds, s.width, s.height, s.steps, s.guidance_scale) for s in specs
+    ]
+    assert got == [
+        ("a photo of sks dog", "blurry", (42,), 32, 64, 9, 5.5),  # its seed: one image, as OneTrainer draws
+        ("random", "blurry", tuple(100 + SEED_STRIDE + k for k in range(4)), 32, 64, 9, 5.5),  # derived
+    ]
+    messages = caplog.messages
+    assert sum("noise_scheduler DDIM" in m for m in messages) == 1
+    assert any("[2]: random_seed" in m for m in messages)
+    assert any("[2]: text_encoder_1_layer_skip = 2" in m for m in messages)
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [

@@ -25,6 +25,7 @@ from sdcallbacks.prompts.kohya import (
     read_kohya_lines,
 )
 from sdcallbacks.prompts.names import sanitize_name, unique_names
+from sdcallbacks.prompts.onetrainer import is_onetrainer_samples, onetrainer_items
 
 # Derived seeds are base + SEED_STRIDE * prompt_index + image_index: readable and collision-free
 # while a prompt asks for fewer than SEED_STRIDE images.
@@ -66,8 +67,8 @@ class ImageJob:
 def _read_prompt_file(path: Path) -> list[tuple[str, Any]]:
     """(where in the file, raw entry) pairs, the prefixes of the entry's field errors. Read as they are:
     kohya sd-scripts' ``.txt``/``.json``/``.toml`` (:mod:`.kohya`), ai-toolkit's job config
-    (:mod:`.ai_toolkit`), or sdcallbacks' own list of prompt entries (YAML/JSON/TOML, or a mapping with
-    ``prompts``)."""
+    (:mod:`.ai_toolkit`), OneTrainer's sample definitions (:mod:`.onetrainer`), or sdcallbacks' own
+    list of prompt entries (YAML/JSON/TOML, or a mapping with ``prompts``)."""
     if not path.is_file():
         raise ConfigError(path, ["prompt file not found"])
     if path.suffix.lower() == ".txt":
@@ -87,6 +88,8 @@ def _read_prompt_file(path: Path) -> list[tuple[str, Any]]:
                 "with [[prompt.subset]], or an ai-toolkit config with a sample block"
             ],
         )
+    if path.suffix.lower() == ".json" and is_onetrainer_samples(data):
+        return onetrainer_items(data, path)
     if path.suffix.lower() == ".json" and any(map(is_kohya_item, data)):
         return kohya_json_items(data, path)
     return [(f"prompts.{i}.", item) for i, item in enumerate(data)]
