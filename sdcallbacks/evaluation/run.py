@@ -12,6 +12,7 @@ for the same config and content are reused (:mod:`.store`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,13 +317,11 @@ def _distributed_state(cpu: bool) -> Any:
 
 def _renamed(model: ScoredModel, checkpoint: Checkpoint) -> ScoredModel:
     """A reused model under the name and place it has now (the same content may have moved)."""
-    return ScoredModel(
+    return dataclasses.replace(
+        model,
         name=checkpoint.name,
         kind=checkpoint.kind,
         path=str(checkpoint.path),
         step=checkpoint.step,
         epoch=checkpoint.epoch,
-        values=model.values,
-        records=model.records,
-        sets=model.sets,
     )
