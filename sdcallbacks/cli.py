@@ -12,8 +12,12 @@ import logging
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sdcallbacks.config.loading import ConfigError
+
+if TYPE_CHECKING:
+    from sdcallbacks.config.schema import RunConfig
 
 EXIT_CONFIG_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's code for Ctrl-C
@@ -103,7 +107,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from sdcallbacks.config.loading import load_config
     from sdcallbacks.evaluation import evaluate
 
-    config = load_config(args.config)
+    config = _with_trackers(load_config(args.config), args)
     try:
         result = evaluate(
             config,
@@ -146,10 +150,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     from sdcallbacks.config.loading import load_config
     from sdcallbacks.evaluation import Evaluator, Watcher
 
-    config = load_config(args.config)
-    if args.wandb_run_id:
-        wandb = config.trackers.wandb.model_copy(update={"create_run": True, "run_id": args.wandb_run_id})
-        config = config.model_copy(update={"trackers": config.trackers.model_copy(update={"wandb": wandb})})
+    config = _with_trackers(load_config(args.config), args)
     if not args.folder.is_dir():
         print(f"error: {args.folder}: no such folder (the trainer's output folder)", file=sys.stderr)
         return EXIT_CONFIG_ERROR
@@ -223,6 +224,17 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_trackers(config: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """``config`` with the command line's tracker options: ``--tensorboard-dir``, ``--wandb-run-id``."""
+    trackers = config.trackers
+    if args.tensorboard_dir is not None:
+        trackers = trackers.model_copy(update={"tensorboard_dir": args.tensorboard_dir})
+    if getattr(args, "wandb_run_id", None):
+        wandb = trackers.wandb.model_copy(update={"create_run": True, "run_id": args.wandb_run_id})
+        trackers = trackers.model_copy(update={"wandb": wandb})
+    return config.model_copy(update={"trackers": trackers})
+
+
 def _scoring_arguments(parser: argparse.ArgumentParser) -> None:
     """What ``evaluate`` and ``watch`` share: the config, the base model, the output folder, devices."""
     parser.add_argument("--config", type=Path, required=True, help="the run config (prompts, metrics)")
@@ -234,6 +246,11 @@ def _scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="default: cuda if available, else cpu (e.g. cuda:1 beside training)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    parser.add_argument(
+        "--tensorboard-dir",
+        type=Path,
+        help="also write TensorBoard events here (e.g. the trainer's logging dir)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

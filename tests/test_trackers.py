@@ -268,3 +268,21 @@ def test_a_loop_that_logs_before_on_step_end_keeps_its_loss_at_its_own_step(
     else:  # results land at or after their step, in increasing W&B rows
         assert all(r["_step"] >= r["train/global_step"] for r in rows)
         assert [r["_step"] for r in rows] == sorted({r["_step"] for r in rows})
+
+
+def test_a_tensorboard_dir_without_tensorboard_installed_warns_once_and_goes_on(
+    tmp_path, tagger_dir, tiny_modules, caplog, monkeypatch
+):
+    import sdcallbacks.trackers.logger as logger_module
+
+    def missing(log_dir):
+        raise ImportError("No module named 'tensorboard'")
+
+    monkeypatch.setattr(logger_module, "TensorBoardWriter", missing)
+    trackers = {"tensorboard_dir": str(tmp_path / "tb")}
+    cb = ValidationCallback.from_config(config(tmp_path, tagger_dir, trackers=trackers))
+    with caplog.at_level(logging.WARNING, logger="sdcallbacks"):
+        start(cb, tiny_modules)
+        assert cb.on_step_end(2).should_validate
+    assert caplog.text.count("TensorBoard is not installed") == 1
+    assert (tmp_path / "out" / "samples" / "step_0000002" / "grid.png").is_file()

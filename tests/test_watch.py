@@ -162,7 +162,7 @@ def test_early_stopping_writes_stop_runs_the_command_and_the_best_survives_rotat
     assert rescored.reused == ["base", "step_0000002"]  # the same content, scored already
 
 
-def test_the_command_attaches_to_the_trainers_wandb_run(
+def test_the_command_attaches_to_the_trainers_wandb_run_and_writes_tensorboard(
     tmp_path,
     tagger_dir,
     base_folder,  # noqa: F811
@@ -170,8 +170,10 @@ def test_the_command_attaches_to_the_trainers_wandb_run(
     monkeypatch,
 ):
     """``--wandb-run-id`` of a run W&B has never seen, offline: the run is created under that id, the
-    rows carry each checkpoint's step, and the local files are written as always."""
+    rows carry each checkpoint's step, and the local files are written as always; ``--tensorboard-dir``
+    gets the same scalars and the prompt grids at each checkpoint's step."""
     import wandb
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     wandb.teardown()
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -181,10 +183,18 @@ def test_the_command_attaches_to_the_trainers_wandb_run(
         shutil.copytree(saved / f"step_{step:07d}", run / f"checkpoint-{step}")
     out = tmp_path / "watch"
     argv = ["watch", str(run), "--config", str(config_path), "--base", str(base_folder), "--out", str(out)]
-    assert main([*argv, "--poll", "0.05", "--idle-exit", "0.01", "--wandb-run-id", "trainer-run-7"]) == 0
+    options = ["--poll", "0.05", "--idle-exit", "0.01", "--wandb-run-id", "trainer-run-7"]
+    assert main([*argv, *options, "--tensorboard-dir", str(tmp_path / "logs")]) == 0
     wandb.teardown()
     run_file = find_run_file(wandb_env)
     assert "trainer-run-7" in run_file.name
     rows = [r for r in read_offline_run(run_file).history if "val/tag_accuracy/mean" in r]
     assert [r["train/global_step"] for r in rows] == [0, 2, 4]
     assert (out / "leaderboard.csv").is_file() and (out / "samples" / "step_0000004" / "grid.png").is_file()
+    events = EventAccumulator(str(tmp_path / "logs"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/tag_accuracy/mean")] == [0, 2, 4]
+    assert [e.value for e in events.Scalars("val/tag_accuracy/mean")] == pytest.approx(
+        [r["val/tag_accuracy/mean"] for r in rows]
+    )
+    assert [e.step for e in events.Images("val/images/red")] == [0, 2, 4]

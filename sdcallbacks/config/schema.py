@@ -151,6 +151,11 @@ class WandbConfig(StrictModel):
 
 class TrackersConfig(StrictModel):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
+    tensorboard_dir: Path | None = Field(
+        None,
+        description="Write TensorBoard events here too (sdcallbacks evaluate/watch, or a loop without an "
+        "accelerate tensorboard tracker), e.g. the trainer's logging folder. Needs the tensorboard package.",
+    )
     images: bool = Field(True, description="Log one image grid per prompt per validation.")
 
 

@@ -1,7 +1,8 @@
 """Fans each validation out to the trackers, and keeps a failing tracker from touching training.
 
 Trackers come from ``accelerator.trackers`` (which exist on the main process only) and, if asked for,
-a W&B run the callback creates itself. A tracker that raises (no API key, no network, a version quirk)
+a W&B run (``trackers.wandb.create_run``) and a TensorBoard writer (``trackers.tensorboard_dir``) the
+callback creates itself. A tracker that raises (no API key, no network, a version quirk)
 gets one warning and is skipped from then on; local files are written regardless. A ``wandb`` tracker
 that accelerate silently dropped (its package missing) leaves no tracker at all: that is reported once.
 """
@@ -14,7 +15,7 @@ from typing import Any
 
 from sdcallbacks.config.schema import TrackersConfig
 from sdcallbacks.trackers.base import TrackerAdapter, ValidationLog
-from sdcallbacks.trackers.tensorboard import TensorBoardAdapter
+from sdcallbacks.trackers.tensorboard import TensorBoardAdapter, TensorBoardWriter
 from sdcallbacks.trackers.wandb import WandbAdapter, create_run
 
 logger = logging.getLogger("sdcallbacks")
@@ -67,6 +68,7 @@ class TrackerLogger:
                 else:
                     self._adapters.append(TrackerAdapter(tracker))
             self._create_wandb_run()
+            self._create_tensorboard_writer()
             for adapter in list(self._adapters):
                 self._guard(adapter, "setup", adapter.setup, self.monitor, self.mode)
         return self._adapters
@@ -93,6 +95,22 @@ class TrackerLogger:
             )
             return
         self._adapters.append(WandbAdapter(run, self.config.wandb, owns_run=True))
+
+    def _create_tensorboard_writer(self) -> None:
+        assert self._adapters is not None
+        folder = self.config.tensorboard_dir
+        if folder is None or any(a.name == "tensorboard" for a in self._adapters):
+            return
+        try:
+            writer = TensorBoardWriter(folder)
+        except ImportError as err:
+            logger.warning(
+                "sdcallbacks: trackers.tensorboard_dir is set but TensorBoard is not installed (%s; pip "
+                "install tensorboard); local files are still written",
+                err,
+            )
+            return
+        self._adapters.append(TensorBoardAdapter(writer, owns_writer=True))
 
     def _guard(self, adapter: TrackerAdapter, what: str, fn: Callable[..., Any], *args: Any) -> None:
         try:
