@@ -88,16 +88,29 @@ def test_wandb_offline_run_has_step_metric_rows_tables_and_summary(
     assert [r["_step"] for r in rows] == [0, 2, 4, 5]
 
 
-def test_wandb_without_api_key_warns_once_and_training_goes_on(
-    tmp_path, tagger_dir, tiny_modules, wandb_env, caplog
+@pytest.mark.parametrize("case", ["wandb_without_api_key", "tensorboard_not_installed"])
+def test_a_tracker_that_cannot_start_warns_once_and_training_goes_on(
+    case, tmp_path, tagger_dir, tiny_modules, wandb_env, caplog, monkeypatch
 ):
-    trackers = {"wandb": {"create_run": True, "mode": "online"}}
+    if case == "wandb_without_api_key":
+        trackers = {"wandb": {"create_run": True, "mode": "online"}}
+        message = "could not start a W&B run (UsageError"
+    else:
+        import sdcallbacks.trackers.logger as logger_module
+
+        def missing(log_dir):
+            raise ImportError("No module named 'tensorboard'")
+
+        monkeypatch.setattr(logger_module, "TensorBoardWriter", missing)
+        trackers = {"tensorboard_dir": str(tmp_path / "tb")}
+        message = "TensorBoard is not installed"
     cb = ValidationCallback.from_config(config(tmp_path, tagger_dir, trackers=trackers))
     with caplog.at_level(logging.WARNING, logger="sdcallbacks"):
         start(cb, tiny_modules)
         assert cb.on_step_end(2).should_validate
-    assert caplog.text.count("could not start a W&B run (UsageError") == 1
-    assert (tmp_path / "out" / "samples" / "step_0000002" / "grid.png").is_file()
+        cb.on_step_end(4)
+    assert caplog.text.count(message) == 1
+    assert (tmp_path / "out" / "samples" / "step_0000004" / "grid.png").is_file()
 
 
 class RecordingTracker:
@@ -268,21 +281,3 @@ def test_a_loop_that_logs_before_on_step_end_keeps_its_loss_at_its_own_step(
     else:  # results land at or after their step, in increasing W&B rows
         assert all(r["_step"] >= r["train/global_step"] for r in rows)
         assert [r["_step"] for r in rows] == sorted({r["_step"] for r in rows})
-
-
-def test_a_tensorboard_dir_without_tensorboard_installed_warns_once_and_goes_on(
-    tmp_path, tagger_dir, tiny_modules, caplog, monkeypatch
-):
-    import sdcallbacks.trackers.logger as logger_module
-
-    def missing(log_dir):
-        raise ImportError("No module named 'tensorboard'")
-
-    monkeypatch.setattr(logger_module, "TensorBoardWriter", missing)
-    trackers = {"tensorboard_dir": str(tmp_path / "tb")}
-    cb = ValidationCallback.from_config(config(tmp_path, tagger_dir, trackers=trackers))
-    with caplog.at_level(logging.WARNING, logger="sdcallbacks"):
-        start(cb, tiny_modules)
-        assert cb.on_step_end(2).should_validate
-    assert caplog.text.count("TensorBoard is not installed") == 1
-    assert (tmp_path / "out" / "samples" / "step_0000002" / "grid.png").is_file()
