@@ -281,3 +281,51 @@ def test_a_loop_that_logs_before_on_step_end_keeps_its_loss_at_its_own_step(
     else:  # results land at or after their step, in increasing W&B rows
         assert all(r["_step"] >= r["train/global_step"] for r in rows)
         assert [r["_step"] for r in rows] == sorted({r["_step"] for r in rows})
+
+
+def test_accelerates_real_tensorboard_tracker_read_back_with_tensorboard(tmp_path, tagger_dir, tiny_modules):
+    """``Accelerator(log_with="tensorboard")``, as a user runs it, read back with TensorBoard's own
+    ``EventAccumulator``: every logged ``val/*`` scalar at its step, one grid per prompt per validation, and
+    each grid decodes to the grid of the images written to ``samples/``."""
+    import io
+
+    import numpy as np
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from sdcallbacks.outputs import read_metrics
+    from sdcallbacks.outputs.grid import prompt_grids
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    accelerator = Accelerator(cpu=True, log_with="tensorboard", project_dir=str(tmp_path / "logs"))
+    accelerator.init_trackers("lora", config={"lr": 1e-4})
+    cb = ValidationCallback.from_config(config(tmp_path, tagger_dir), accelerator=accelerator)
+    start(cb, tiny_modules)
+    for step in (1, 2, 3, 4):
+        cb.on_step_end(step)
+    cb.on_train_end(4)
+    accelerator.end_training()
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+    events = EventAccumulator(str(tmp_path / "logs" / "lora"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    rows = [r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if r["type"] == "aggregate"]
+    assert [r["step"] for r in rows] == [0, 2, 4]
+    for key in {k for r in rows for k in r["values"]}:
+        logged = [(r["step"], r["values"][key]) for r in rows if r["values"].get(key) is not None]
+        read = [(e.step, e.value) for e in events.Scalars(key)]
+        assert [s for s, _ in read] == [s for s, _ in logged], key
+        assert [v for _, v in read] == pytest.approx([v for _, v in logged], rel=1e-6), key  # float32 in TB
+    images = [r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if r["type"] == "image"]
+    for prompt in ("red", "blue"):
+        logged = events.Images(f"val/images/{prompt}")
+        assert [e.step for e in logged] == [0, 2, 4]
+        for event in logged:
+            drawn = [r for r in images if r["step"] == event.step]
+            expected = prompt_grids(cb.validation.jobs, [Image.open(r["image_path"]) for r in drawn])[prompt]
+            decoded = Image.open(io.BytesIO(event.encoded_image_string))
+            assert np.array_equal(np.asarray(decoded.convert("RGB")), np.asarray(expected.convert("RGB")))
