@@ -15,7 +15,6 @@ from sdcallbacks.checkpoints.loading import (
     CheckpointFiles,
     CheckpointSwap,
     content_hash,
-    file_state,
     load_base_pipeline,
 )
 
@@ -27,7 +26,6 @@ __all__ = [
     "Discovery",
     "checkpoint_at",
     "content_hash",
-    "file_state",
     "find_checkpoints",
     "load_base_pipeline",
     "parse_position",

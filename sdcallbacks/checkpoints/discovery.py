@@ -65,6 +65,11 @@ class Checkpoint:
         return self.step if self.step is not None else self.epoch  # type: ignore[return-value]
 
     @property
+    def unit(self) -> str:
+        """What ``position`` counts: ``step`` or ``epoch``."""
+        return "step" if self.step is not None else "epoch"
+
+    @property
     def weights(self) -> list[Path]:
         """The files whose content identifies the checkpoint (hashed for resuming)."""
         if self.path.is_file():
@@ -243,15 +248,11 @@ def find_checkpoints(sources: list[str | Path], step_pattern: str | None = None)
         if other is checkpoint:
             continue
         if other.named and not checkpoint.named:  # kohya's final file, saved at a step a named one has
-            found.skipped.append((checkpoint.path, f"at the same {_unit(checkpoint)} as {other.name}"))
+            found.skipped.append((checkpoint.path, f"at the same {checkpoint.unit} as {other.name}"))
             continue
         raise CheckpointError(
-            f"{other.path} and {checkpoint.path} are both at {_unit(checkpoint)} {checkpoint.position}: "
+            f"{other.path} and {checkpoint.path} are both at {checkpoint.unit} {checkpoint.position}: "
             "evaluate one run at a time, or tell them apart with --step-pattern"
         )
     found.checkpoints = sorted(by_position.values(), key=lambda c: c.position)
     return found
-
-
-def _unit(checkpoint: Checkpoint) -> str:
-    return "step" if checkpoint.step is not None else "epoch"

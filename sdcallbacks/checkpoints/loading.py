@@ -64,19 +64,6 @@ def content_hash(checkpoint: Checkpoint) -> str:
     return digest.hexdigest()
 
 
-def file_state(checkpoint: Checkpoint) -> list[tuple[str, int, int]]:
-    """(path, size, mtime) of its files: compared before and after scoring to notice a rotated or
-    rewritten checkpoint. A missing file is size -1."""
-    state = []
-    for path in checkpoint.weights:
-        try:
-            stat = path.stat()
-            state.append((str(path), stat.st_size, stat.st_mtime_ns))
-        except OSError:
-            state.append((str(path), -1, 0))
-    return state
-
-
 class CheckpointFiles:
     """A checkpoint's own files as the weights a :class:`~sdcallbacks.selection.ModelCheckpoint` keeps: hard
     links where the file system allows (no copy, and the trainer deleting its file frees nothing until

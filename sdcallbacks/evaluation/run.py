@@ -26,9 +26,9 @@ from sdcallbacks.checkpoints import (
     CheckpointError,
     CheckpointSwap,
     content_hash,
-    file_state,
     find_checkpoints,
     load_base_pipeline,
+    path_state,
 )
 from sdcallbacks.config.loading import ConfigError
 from sdcallbacks.config.schema import RunConfig
@@ -197,9 +197,9 @@ class Evaluator:
             cached = self.store.get(content)
             if cached is not None:
                 return Outcome(checkpoint, content, _renamed(cached, checkpoint), reused=True)
-            before = file_state(checkpoint)
+            before = path_state(checkpoint.path)  # a rotated or rewritten checkpoint changes it
             result = self.scorer.checkpoint(checkpoint)
-            if file_state(checkpoint) != before:
+            if path_state(checkpoint.path) != before:
                 raise CheckpointError(f"{checkpoint.path}: removed or rewritten while it was being scored")
         except CheckpointError as err:
             return Outcome(checkpoint, None, None, error=str(err))

@@ -59,18 +59,13 @@ class ScoredStore:
         return self.models.get(content)
 
     def add(self, content: str, model: ScoredModel) -> None:
-        line = json.dumps({"config": self.config_hash, "content": content, "model": _json(model)})
+        entry = {"config": self.config_hash, "content": content, "model": asdict(model)}
+        line = json.dumps(entry, default=lambda value: None)  # a value JSON cannot hold reads back as None
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
             handle.flush()
             os.fsync(handle.fileno())
         self.models[content] = model
-
-
-def _json(model: ScoredModel) -> dict[str, Any]:
-    data = asdict(model)
-    data["records"] = [asdict(r) for r in model.records]
-    return json.loads(json.dumps(data, default=lambda v: None))
 
 
 def _model(data: dict[str, Any]) -> ScoredModel:

@@ -106,16 +106,16 @@ class Watcher:
             self._seen[path] = (state, polls)
             if polls >= self.stable_polls and self._handled.get(path) != state:
                 ready.append((path, state))
-        found: list[tuple[Checkpoint, tuple]] = []
+        found: list[Checkpoint] = []
         for path, state in ready:
             self._handled[path] = state
             checkpoint = checkpoint_at(path, self.step_pattern)
             if isinstance(checkpoint, str):
                 self._skip(path, checkpoint)
             else:
-                found.append((checkpoint, state))
+                found.append(checkpoint)
         scored = []
-        for checkpoint, _ in sorted(found, key=lambda item: item[0].position):
+        for checkpoint in sorted(found, key=lambda c: c.position):
             if self.outcome.stop is not None:
                 break
             try:
@@ -128,7 +128,7 @@ class Watcher:
             scored.append(model)
             self._skipped.pop(str(checkpoint.path), None)
             logger.info(
-                "sdcallbacks: scored %s (%s %d)", checkpoint.name, _unit(checkpoint), checkpoint.position
+                "sdcallbacks: scored %s (%s %d)", checkpoint.name, checkpoint.unit, checkpoint.position
             )
             self._decide(checkpoint, model)
         if scored:
@@ -210,7 +210,3 @@ class Watcher:
             done = subprocess.run(self.on_stop, shell=True, env=env, check=False)
             logger.warning("sdcallbacks: --on-stop command exited with %d", done.returncode)
             stop["on_stop_exit_code"] = done.returncode
-
-
-def _unit(checkpoint: Checkpoint) -> str:
-    return "step" if checkpoint.step is not None else "epoch"
