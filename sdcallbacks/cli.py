@@ -114,6 +114,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             args.base,
             args.checkpoints,
             args.out,
+            base_config=args.base_config,
             step_pattern=args.step_pattern,
             device=args.device,
             dtype=args.dtype,
@@ -158,6 +159,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         config,
         args.base,
         args.out,
+        base_config=args.base_config,
         device=args.device,
         dtype=args.dtype,
         mixed_precision=args.mixed_precision,
@@ -238,7 +240,16 @@ def _with_trackers(config: RunConfig, args: argparse.Namespace) -> RunConfig:
 def _scoring_arguments(parser: argparse.ArgumentParser) -> None:
     """What ``evaluate`` and ``watch`` share: the config, the base model, the output folder, devices."""
     parser.add_argument("--config", type=Path, required=True, help="the run config (prompts, metrics)")
-    parser.add_argument("--base", required=True, help="the base model: a diffusers folder or a hub id")
+    parser.add_argument(
+        "--base",
+        required=True,
+        help="the base model: a diffusers folder, a hub id, or a single .safetensors/.ckpt model file",
+    )
+    parser.add_argument(
+        "--base-config",
+        help="for a single-file --base: a local diffusers folder of the same architecture, whose configs "
+        "describe its components (needed offline unless its hub repo's configs are cached)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder for the leaderboard and samples")
     parser.add_argument(
         "--step-pattern", help="regular expression with a group 'step' (or 'epoch') read from the names"

@@ -325,6 +325,53 @@ def test_the_command_prints_the_leaderboard_and_exits_2_on_bad_input(
     assert "without model_index.json" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
+def test_a_single_file_base_model_scores_as_its_diffusers_folder(
+    tmp_path, tagger_dir, base_folder, capsys, suffix
+):
+    """The base model as kohya and web UI users have it, one original-format file, read by diffusers'
+    from_single_file with the configs of a local folder: every weight as in the folder, the same
+    leaderboard; without the folder offline, a clear error that says what to pass."""
+    from diffusers import StableDiffusionPipeline
+
+    from sdcallbacks.checkpoints import load_base_pipeline
+    from tests.original_format import write_single_file
+
+    reference = StableDiffusionPipeline.from_pretrained(base_folder)
+    single = write_single_file(reference, tmp_path / f"model{suffix}")
+    loaded = load_base_pipeline(str(single), config=str(base_folder))
+    assert type(loaded) is StableDiffusionPipeline
+    for name in ("unet", "vae", "text_encoder"):
+        ours, theirs = getattr(loaded, name).state_dict(), getattr(reference, name).state_dict()
+        assert ours.keys() == theirs.keys(), name
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
+
+    config_path = _config(tmp_path, tagger_dir)
+    _train(base_folder, config_path, steps=2)
+    checkpoints = str(tmp_path / "train" / "checkpoints")
+    boards = {}
+    for name, base in (("folder", ["--base", str(base_folder)]), ("file", ["--base", str(single)])):
+        extra = ["--base-config", str(base_folder)] if name == "file" else []
+        argv = ["evaluate", "--config", str(config_path), *base, *extra, "--out", str(tmp_path / name)]
+        assert main([*argv, checkpoints]) == 0
+        boards[name] = json.loads((tmp_path / name / "leaderboard.json").read_text())["rows"]
+    assert [r["name"] for r in boards["file"]] == ["base", "step_0000002"]
+    for ours, theirs in zip(boards["file"], boards["folder"]):
+        for key in MEANS:
+            assert ours[key] == pytest.approx(theirs[key], abs=1e-6)
+    capsys.readouterr()
+
+    # Offline (the tests run with HF_HUB_OFFLINE=1) with no configs cached: what to pass instead.
+    argv = ["evaluate", "--config", str(config_path), "--base", str(single), "--out", str(tmp_path / "x")]
+    assert main([*argv, checkpoints]) == 2
+    assert f"--base {single}: a single-file model" in capsys.readouterr().err
+    assert main([*argv, "--base-config", str(tmp_path), checkpoints]) == 2
+    assert f"--base-config {tmp_path}: no model_index.json" in capsys.readouterr().err
+    lora = next((tmp_path / "train" / "checkpoints").rglob("*.safetensors"))
+    with pytest.raises(CheckpointError, match=f"--base {lora}: from_single_file could not load it"):
+        load_base_pipeline(str(lora), config=str(base_folder))
+
+
 def test_the_issues_done_means_on_the_demos_output(tmp_path, tiny_world, monkeypatch, capsys):
     """``sdcallbacks demo --save-top-k -1``, then ``sdcallbacks evaluate --config configs/tiny.yaml --base
     <tiny world>/pipeline DIR/checkpoints --out EVAL``: one leaderboard row for the base model and one per

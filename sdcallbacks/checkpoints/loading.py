@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -21,33 +22,95 @@ from typing import Any
 import torch
 
 from sdcallbacks.checkpoints.discovery import Checkpoint, CheckpointError
-from sdcallbacks.sampling.families import resolve_family
+from sdcallbacks.sampling.families import FAMILIES, resolve_family
 from sdcallbacks.sampling.modules import TrainingModules
 from sdcallbacks.sampling.variants import has_adapters
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def load_base_pipeline(base: str, dtype: str = "float32") -> Any:
-    """The diffusers pipeline of ``base`` (a diffusers folder or a hub id), on the CPU."""
+# diffusers' model types (``infer_diffusers_model_type``) of single-file checkpoints, by family.
+SINGLE_FILE_TYPES = {
+    "sd": ("v1", "v2"),
+    "sdxl": ("xl_base", "playground-v2-5"),
+    "sd3": ("sd3", "sd35_large", "sd35_medium"),
+    "flux": ("flux-dev", "flux-schnell"),
+}
+
+
+def load_base_pipeline(base: str, dtype: str = "float32", config: str | None = None) -> Any:
+    """The diffusers pipeline of ``base``, on the CPU.
+
+    ``base`` is a diffusers folder, a hub id, or a single ``.safetensors``/``.ckpt`` file as kohya and web
+    UI users have it, read by diffusers' ``from_single_file``. That needs the diffusers configs of the
+    model's components: ``config``, a local diffusers folder of the same architecture (its
+    ``model_index.json`` names the pipeline), or else the configs of the model type's default hub repo,
+    which offline must already be in the Hugging Face cache.
+    """
     from diffusers import DiffusionPipeline
 
     folder = Path(base)
-    if folder.is_file():
-        raise CheckpointError(
-            f"--base {base}: a single-file model; give its diffusers folder (or hub id) instead "
-            "(convert it once with diffusers' from_single_file(...).save_pretrained(folder))"
-        )
-    if folder.is_dir() and not (folder / "model_index.json").is_file():
-        raise CheckpointError(f"--base {base}: a folder without model_index.json (not a diffusers pipeline)")
     # float32 is the default: no dtype argument (diffusers 0.42 renamed torch_dtype to dtype, 0.40 has only
     # torch_dtype, which 0.42 still takes with a deprecation warning).
     options = {} if dtype == "float32" else {"torch_dtype": DTYPES[dtype]}
+    if folder.is_file():
+        return _load_single_file(folder, config, options)
+    if config is not None:
+        raise CheckpointError(f"--base-config {config}: only for a single-file --base; {base} is not a file")
+    if folder.is_dir() and not (folder / "model_index.json").is_file():
+        raise CheckpointError(f"--base {base}: a folder without model_index.json (not a diffusers pipeline)")
     try:
         return DiffusionPipeline.from_pretrained(base, **options)
     except (OSError, ValueError) as err:
         where = "folder" if folder.is_dir() else "hub id (offline, it must be in the Hugging Face cache)"
         raise CheckpointError(f"--base {base}: could not load it as a diffusers {where}: {err}") from err
+
+
+def _load_single_file(path: Path, config: str | None, options: dict[str, Any]) -> Any:
+    import diffusers
+
+    if config is not None:
+        index = Path(config) / "model_index.json"
+        if not index.is_file():
+            raise CheckpointError(
+                f"--base-config {config}: no model_index.json there (expected the diffusers folder of a "
+                "model of the same architecture as the single file)"
+            )
+        try:
+            pipeline_class = getattr(diffusers, json.loads(index.read_text())["_class_name"])
+        except (ValueError, KeyError, AttributeError) as err:
+            raise CheckpointError(f"{index}: no diffusers pipeline class in _class_name ({err})") from err
+    else:
+        pipeline_class = _single_file_pipeline(path)
+    try:
+        return pipeline_class.from_single_file(str(path), config=config, **options)
+    except Exception as err:  # diffusers raises many kinds here; each means "cannot load"
+        if config is None and isinstance(err, OSError):  # huggingface_hub's errors: offline, not cached
+            raise CheckpointError(
+                f"--base {path}: a single-file model, whose component configs diffusers could not get from "
+                f"its model type's hub repo (offline they must be in the Hugging Face cache): pass "
+                "--base-config with a local diffusers folder of the same architecture (for example a "
+                f"download of the model it was trained from) ({type(err).__name__}: {err})"
+            ) from err
+        raise CheckpointError(f"--base {path}: from_single_file could not load it: {err}") from err
+
+
+def _single_file_pipeline(path: Path) -> Any:
+    """The pipeline class of a single-file checkpoint, from diffusers' own detection of its model type."""
+    import diffusers
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type, load_single_file_checkpoint
+
+    try:
+        model_type = infer_diffusers_model_type(load_single_file_checkpoint(str(path)))
+    except Exception as err:  # a corrupt or foreign file fails in many ways
+        raise CheckpointError(f"--base {path}: not a single-file diffusion model checkpoint ({err})") from err
+    for family, types in SINGLE_FILE_TYPES.items():
+        if model_type in types:
+            return getattr(diffusers, FAMILIES[family].pipeline)
+    raise CheckpointError(
+        f"--base {path}: diffusers reads it as a {model_type!r} model, not one of the families sd, sdxl, "
+        "sd3, flux"
+    )
 
 
 def content_hash(checkpoint: Checkpoint) -> str:

@@ -70,8 +70,16 @@ class _Scorer:
     """The base pipeline and the validation core, built on first use (a fully resumed evaluation loads
     nothing)."""
 
-    def __init__(self, config: RunConfig, base: str, device: str, dtype: str, mixed_precision: str):
-        self.config, self.base = config, base
+    def __init__(
+        self,
+        config: RunConfig,
+        base: str,
+        base_config: str | None,
+        device: str,
+        dtype: str,
+        mixed_precision: str,
+    ):
+        self.config, self.base, self.base_config = config, base, base_config
         self.device, self.dtype, self.mixed_precision = device, dtype, mixed_precision
         self.validation = build_validation(config, device=config.metrics.device or device)
         self.publisher = build_publisher(config, self.validation)
@@ -79,7 +87,7 @@ class _Scorer:
 
     def _load(self) -> CheckpointSwap:
         if self.swap is None:
-            pipeline = load_base_pipeline(self.base, self.dtype).to(self.device)
+            pipeline = load_base_pipeline(self.base, self.dtype, self.base_config).to(self.device)
             modules = TrainingModules.from_components(pipeline.components)
             family = resolve_family(modules, self.config.sampling.family)
             problems = family_problems(self.config, family, modules, self.validation)
@@ -123,7 +131,9 @@ class Evaluator:
 
     Args:
         config: the run config (prompts, sampling, metrics, monitor); its ``output_dir`` becomes ``out``.
-        base: the base model, a diffusers folder or a hub id.
+        base: the base model, a diffusers folder, a hub id or a single ``.safetensors``/``.ckpt`` file.
+        base_config: for a single-file ``base``, a local diffusers folder of its architecture (offline,
+            diffusers otherwise needs the configs of the model type's hub repo in the Hugging Face cache).
         out: where ``evaluations.jsonl``, ``samples/``, ``metrics.jsonl`` and the leaderboard go.
         device: where the base pipeline samples (default CUDA if available); ``dtype`` of its weights;
             ``mixed_precision`` of sampling's autocast.
@@ -135,6 +145,7 @@ class Evaluator:
         base: str,
         out: str | Path,
         *,
+        base_config: str | None = None,
         device: str | None = None,
         dtype: str = "float32",
         mixed_precision: str = "no",
@@ -153,12 +164,13 @@ class Evaluator:
         digest = scoring_hash(
             self.config,
             base=base,
+            base_config=base_config,
             dtype=dtype,
             mixed_precision=mixed_precision,
             device=torch.device(device).type,
         )
         self.store = ScoredStore(self.out / STORE_FILE, digest)
-        self.scorer = _Scorer(self.config, base, device, dtype, mixed_precision)
+        self.scorer = _Scorer(self.config, base, base_config, device, dtype, mixed_precision)
         self.publisher = self.scorer.publisher  # files and trackers, shared with watch's decisions
         self.models: list[ScoredModel] = []  # the base first, then checkpoints as scored
         self.scored: list[str] = []
@@ -250,6 +262,7 @@ def evaluate(
     sources: list[str | Path],
     out: str | Path,
     *,
+    base_config: str | None = None,
     step_pattern: str | None = None,
     device: str | None = None,
     dtype: str = "float32",
@@ -267,7 +280,14 @@ def evaluate(
     )
     discovery = find_checkpoints(list(sources), step_pattern)
     evaluator = Evaluator(
-        config, base, out, device=device, dtype=dtype, mixed_precision=mixed_precision, processes=processes
+        config,
+        base,
+        out,
+        base_config=base_config,
+        device=device,
+        dtype=dtype,
+        mixed_precision=mixed_precision,
+        processes=processes,
     )
     skipped = [{"path": str(p), "reason": why} for p, why in discovery.skipped]
     evaluator.base_model()
