@@ -146,6 +146,72 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from sdcallbacks.report import ReportError, write_report
+
+    try:
+        files = write_report(args.folder, args.out)
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    for line in files.torn_lines:
+        print(f"skipped metrics.jsonl line {line}: a torn record (the run stopped mid-write)")
+    print(f"report: {files.html}")
+    print(f"plots:  {len(files.plots)} PNG files in {files.html.with_name(files.html.stem + '_files')}")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(files.html.resolve().as_uri())
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from sdcallbacks.calibration import (
+        calibrate,
+        read_ratings,
+        read_scores,
+        summary_markdown,
+        write_calibration,
+    )
+    from sdcallbacks.config.loading import ConfigError
+
+    try:
+        table = read_scores(args.scores)
+        ratings = read_ratings(args.ratings, set(table.ids))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    result = calibrate(table, ratings, folds=args.folds, seed=args.seed)
+    print(summary_markdown(result))
+    for kind, path in write_calibration(result, args.out).items():
+        print(f"  {kind + ':':<12} {path}")
+    return 0
+
+
+def _cmd_taggers(args: argparse.Namespace) -> int:
+    from sdcallbacks.config.loading import ConfigError
+    from sdcallbacks.tagger_comparison import compare_taggers, to_markdown, write_results
+
+    taggers = [t.strip() for t in args.taggers.split(",") if t.strip()]
+    try:
+        results = compare_taggers(
+            args.images,
+            args.tags,
+            taggers,
+            threshold=args.threshold,
+            character_threshold=args.character_threshold,
+            device=args.device,
+        )
+    except (ConfigError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    print(to_markdown(results))
+    if args.out is not None:
+        write_results(results, args.out)
+        print(f"written: {args.out}")
+    return 0
+
+
 def _cmd_watch(args: argparse.Namespace) -> int:
     from sdcallbacks.checkpoints import CheckpointError
     from sdcallbacks.config.loading import load_config
@@ -307,6 +373,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--wandb-run-id", help="log into this W&B run (the trainer's), at each checkpoint's step"
     )
     watch.set_defaults(func=_cmd_watch)
+
+    report = sub.add_parser("report", help="one HTML page of a run's curves, grids and tables")
+    report.add_argument("folder", type=Path, help="output folder of a run, of evaluate or of watch")
+    report.add_argument("--out", type=Path, help="the HTML file (default FOLDER/report.html)")
+    report.add_argument("--open", action="store_true", help="open it in the default browser")
+    report.set_defaults(func=_cmd_report)
+
+    calibrate = sub.add_parser("calibrate", help="check the metrics against your ratings; fit a score")
+    calibrate.add_argument(
+        "--ratings", type=Path, required=True, help="CSV: image,rating[,rater] (1-5) or better,worse[,rater]"
+    )
+    calibrate.add_argument(
+        "--scores", type=Path, required=True, help="the metrics.jsonl whose images were rated"
+    )
+    calibrate.add_argument(
+        "--out", type=Path, default=Path("calibration"), help="calibration.json, score.yaml"
+    )
+    calibrate.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    calibrate.add_argument("--seed", type=int, default=0, help="bootstrap and fold seed")
+    calibrate.set_defaults(func=_cmd_calibrate)
+
+    taggers = sub.add_parser("taggers", help="compare WD14-format taggers on images with known tags")
+    taggers.add_argument("--images", type=Path, required=True, help="folder of the images")
+    taggers.add_argument(
+        "--tags", type=Path, required=True, help="known tags: CSV (file,tags) or JSON lines {file, tags}"
+    )
+    taggers.add_argument(
+        "--taggers",
+        required=True,
+        help="comma-separated hub ids or local folders (model.onnx + selected_tags.csv)",
+    )
+    taggers.add_argument("--threshold", type=float, default=0.35, help="general tags: p > threshold")
+    taggers.add_argument("--character-threshold", type=float, default=0.85)
+    taggers.add_argument("--device", default="cpu")
+    taggers.add_argument("--out", type=Path, help="also write the table as .csv or .json")
+    taggers.set_defaults(func=_cmd_taggers)
 
     score = sub.add_parser("score", help="score a folder of existing images (no training)")
     score.add_argument("images", type=Path, help="folder of images (searched recursively)")

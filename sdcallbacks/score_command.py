@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +26,8 @@ from sdcallbacks.metrics.checks import metric_path_problems
 from sdcallbacks.metrics.images import ImageFolder
 from sdcallbacks.prompts.library import ImageJob, PromptSpec
 from sdcallbacks.prompts.names import sanitize_name, unique_names
+from sdcallbacks.prompts.parameters import GenerationParameters
 from sdcallbacks.validation.scores import record_scores
-
-_SEED = re.compile(r"\bSeed:\s*(-?\d+)")
 
 
 @dataclass(frozen=True)
@@ -76,8 +74,8 @@ def caption_of(path: Path, root: Path, mapping: dict[str, Caption]) -> Caption:
     with Image.open(path) as image:
         parameters = image.info.get("parameters")
     if isinstance(parameters, str) and parameters.strip():
-        seed = _SEED.search(parameters)
-        return Caption(parameters.strip().splitlines()[0], int(seed.group(1)) if seed else None)
+        read = GenerationParameters.from_text(parameters)
+        return Caption(read.prompt, read.seed)
     return Caption("")
 
 

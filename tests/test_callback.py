@@ -229,7 +229,9 @@ def test_set_metrics_val_loss_and_shared_clip_in_a_run(tmp_path, tagger_dir, tin
     start(cb, tiny_modules)
     cb.on_step_end(1)  # val_loss only (every_n_steps: 1), no sampling
     cb.on_step_end(2)
-    rows = [r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if r["type"] != "image"]
+    rows = [
+        r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if r["type"] not in ("image", "event")
+    ]
     assert [(r["type"], r["step"], r["variant"]) for r in rows] == [
         ("aggregate", 0, "base"),
         ("loss", 1, "model"),  # val_loss between validations: a row of its own kind

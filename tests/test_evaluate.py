@@ -219,6 +219,12 @@ def test_evaluate_reproduces_the_callbacks_logged_values_and_resumes(tmp_path, t
     assert rows["base"]["z/tag_accuracy"] == 0.0
     saved = json.loads((out / "leaderboard.json").read_text())
     assert saved["best"] == board.best and len(saved["rows"]) == 4
+    # Its report: the leaderboard with the best row marked, and a curve over the checkpoints' steps.
+    from sdcallbacks.report import write_report
+
+    page = write_report(out).html.read_text()
+    assert "<h2>Leaderboard</h2>" in page and f"<tr class='best'><td>{board.best}</td>" in page
+    assert all(f"<td>{name}</td>" in page for name in rows)
 
     # A crash while writing the store's last line: that checkpoint alone is scored again.
     store = out / "evaluations.jsonl"

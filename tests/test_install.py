@@ -56,8 +56,9 @@ def third_party_imports() -> dict[str, set[str]]:
     return found
 
 
-# Imported only where the matching extra is installed (torch-fidelity for FID/IS): never by the demo.
-EXTRA_ONLY = {"torch_fidelity": "fid"}
+# Imported only where the matching extra is installed (torch-fidelity for FID/IS, matplotlib for the
+# report): never by the demo.
+EXTRA_ONLY = {"torch_fidelity": "fid", "matplotlib": "report"}
 
 
 def test_every_import_of_the_package_is_a_base_dependency():

@@ -26,7 +26,9 @@ LAYERS = [
     {"outputs", "trackers"},
     {"execution"},
     {"control"},
-    {"callback", "score_command", "evaluation"},
+    {"callback", "score_command", "tagger_comparison", "evaluation"},
+    {"calibration"},  # reads the files the layers below write
+    {"report"},  # reads the files the layers below write, nothing else
     {"cli", "demo", "testing", "__init__", "__main__"},  # applications: anything below
 ]
 APPLICATIONS = LAYERS[-1]

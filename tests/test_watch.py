@@ -153,7 +153,7 @@ def test_early_stopping_writes_stop_runs_the_command_and_the_best_survives_rotat
     assert stop["step"] == 2 and stop["reason"] == "stopping_threshold" and stop["best_path"] == str(kept)
     assert marker.read_text().split() == ["2", "stopping_threshold", str(kept)]
     events = [r for r in read_metrics(tmp_path / "watch" / "metrics.jsonl") if r["type"] == "event"]
-    assert [(e["step"], e["event"]) for e in events] == [(2, "early_stop")]
+    assert [(e["step"], e["event"]) for e in events] == [(2, "selection"), (2, "early_stop")]
     original = run / "checkpoint-2" / "pytorch_lora_weights.safetensors"
     ours = kept / "pytorch_lora_weights.safetensors"
     assert os.path.samefile(original, ours)  # a hard link, not a copy

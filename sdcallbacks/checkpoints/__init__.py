@@ -15,6 +15,7 @@ from sdcallbacks.checkpoints.loading import (
     CheckpointFiles,
     CheckpointSwap,
     content_hash,
+    files_sha256,
     load_base_pipeline,
 )
 
@@ -26,6 +27,7 @@ __all__ = [
     "Discovery",
     "checkpoint_at",
     "content_hash",
+    "files_sha256",
     "find_checkpoints",
     "load_base_pipeline",
     "parse_position",

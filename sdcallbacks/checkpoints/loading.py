@@ -116,8 +116,13 @@ def _single_file_pipeline(path: Path) -> Any:
 def content_hash(checkpoint: Checkpoint) -> str:
     """SHA-256 over the checkpoint's weight files: the same content is the same checkpoint, whatever
     its path (a resumed evaluation skips it)."""
+    return files_sha256(checkpoint.weights)
+
+
+def files_sha256(paths: list[Path]) -> str:
+    """SHA-256 over the files' bytes in order (of one file: A1111's model hash is its first 10 digits)."""
     digest = hashlib.sha256()
-    for path in checkpoint.weights:
+    for path in paths:
         try:
             with open(path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 20), b""):

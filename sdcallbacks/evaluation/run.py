@@ -26,6 +26,7 @@ from sdcallbacks.checkpoints import (
     CheckpointError,
     CheckpointSwap,
     content_hash,
+    files_sha256,
     find_checkpoints,
     load_base_pipeline,
     path_state,
@@ -97,6 +98,11 @@ class _Scorer:
                 self.config, modules, device=self.device, mixed_precision=self.mixed_precision
             )
             self.swap = CheckpointSwap(pipeline, modules, self.base)
+            # The base model in every image's parameters; a web UI finds a single-file model by its hash.
+            single = Path(self.base).is_file()
+            self.publisher.writer.model = {"Model": Path(self.base).stem if single else self.base}
+            if single:
+                self.publisher.writer.model["Model_hash"] = files_sha256([Path(self.base)])[:10]
         return self.swap
 
     def base_model(self) -> ValidationResult:
@@ -106,7 +112,9 @@ class _Scorer:
     def checkpoint(self, checkpoint: Checkpoint) -> ValidationResult:
         swap = self._load()
         with swap.applied(checkpoint):
-            return self.validation(checkpoint.position)
+            result = self.validation(checkpoint.position)
+        result.weights = checkpoint.path.name
+        return result
 
 
 def _scored(

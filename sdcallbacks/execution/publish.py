@@ -36,7 +36,7 @@ class Publisher:
     def publish(self, result: ValidationResult) -> None:
         with self._lock:
             for part in result.variants:
-                self._write(result.step, part)
+                self._write(result.step, part, result.weights)
                 self.writer.append_aggregate(result.step, part.label, part.values, baseline=result.baseline)
                 self.trackers.log_validation(
                     ValidationLog(
@@ -59,7 +59,10 @@ class Publisher:
     def publish_decision(self, decision: Decision, selection: Selection, step: int) -> None:
         """The run summary (best score, step, path; stopping reason) and a new best checkpoint."""
         with self._lock:
-            self.trackers.set_summary(selection.summary())
+            summary = selection.summary()
+            # The best step so far and any stop, for readers of the files (``sdcallbacks report``).
+            self.writer.append_event(step, "selection", **summary)
+            self.trackers.set_summary(summary)
             if decision.new_best and decision.best_model_path:
                 self.trackers.log_checkpoint(
                     decision.best_model_path, step, selection.best_model_score, selection.monitor
@@ -71,9 +74,9 @@ class Publisher:
             self.trackers.set_summary(summary)
             self.trackers.finish()
 
-    def _write(self, step: int, part: VariantResult) -> None:
-        paths = self.writer.write_images(step, part.label, part.jobs, part.images)
-        self.writer.write_grid(step, part.label, part.jobs, part.images)
+    def _write(self, step: int, part: VariantResult, weights: str | None) -> None:
+        paths = self.writer.write_images(step, part.label, part.jobs, part.images, weights)
+        self.writer.write_grid(step, part.label, part.jobs, part.images, weights)
         for record, path in zip(part.records, paths):
             record.image_path = str(path)
             self.writer.append_image_record(record)

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from sdcallbacks.aggregation.records import ImageRecord
 from sdcallbacks.outputs.grid import make_grid, prompt_rows
 from sdcallbacks.prompts.library import ImageJob
+from sdcallbacks.prompts.parameters import GenerationParameters
 
 
 def _json_safe(value: Any) -> Any:
@@ -31,8 +33,10 @@ def _json_safe(value: Any) -> Any:
 
 
 class OutputWriter:
-    def __init__(self, output_dir: Path):
+    def __init__(self, output_dir: Path, model: dict[str, str] | None = None):
         self.output_dir = Path(output_dir)
+        # Fields naming the base model in every image's parameters (``Model``, ``Model_hash``).
+        self.model: dict[str, str] = dict(model or {})
         self.samples_dir = self.output_dir / "samples"
         self.metrics_path = self.output_dir / "metrics.jsonl"
 
@@ -52,8 +56,16 @@ class OutputWriter:
         return folder
 
     def write_images(
-        self, step: int, variant: str, jobs: list[ImageJob], images: list[Image.Image]
+        self,
+        step: int,
+        variant: str,
+        jobs: list[ImageJob],
+        images: list[Image.Image],
+        weights: str | None = None,
     ) -> list[Path]:
+        """One PNG per image, each with its generation parameters (A1111's ``parameters`` text chunk: the
+        sampler's, else the job's settings) and ``Model`` (:attr:`model`), ``Lora`` (``weights``, the
+        checkpoint drawn), ``Training step`` and ``Variant``."""
         folder = self.folder_for(step, variant)
         folder.mkdir(parents=True, exist_ok=True)
         paths = []
@@ -61,20 +73,45 @@ class OutputWriter:
             path = folder / f"{job.file_stem}.png"
             if folder.resolve() != path.resolve().parent:
                 raise ValueError(f"image name {job.file_stem!r} escapes {folder}")
-            image.save(path)
+            image.save(path, pnginfo=self._png_text(job, image, step, variant, weights))
             paths.append(path)
         return paths
 
     def write_grid(
-        self, step: int, variant: str, jobs: list[ImageJob], images: list[Image.Image]
+        self,
+        step: int,
+        variant: str,
+        jobs: list[ImageJob],
+        images: list[Image.Image],
+        weights: str | None = None,
     ) -> Image.Image:
-        """Save ``grid.png`` for this validation and return the grid."""
+        """Save ``grid.png`` for this validation and return the grid; its parameters are its first
+        image's, as web UIs give their grids."""
         rows = list(prompt_rows(jobs, images).values())
         grid = make_grid([r[1] for r in rows], [r[0] for r in rows], [r[2] for r in rows])
         path = self.folder_for(step, variant) / "grid.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        grid.save(path)
+        pnginfo = self._png_text(jobs[0], images[0], step, variant, weights) if jobs else None
+        grid.save(path, pnginfo=pnginfo)
         return grid
+
+    def _png_text(
+        self, job: ImageJob, image: Image.Image, step: int, variant: str, weights: str | None
+    ) -> PngInfo:
+        text = image.info.get("parameters")
+        if isinstance(text, str):
+            parameters = GenerationParameters.from_text(text)
+        else:  # drawn elsewhere (a scored folder): the job's own settings
+            spec = job.prompt
+            parameters = GenerationParameters(spec.prompt, spec.negative_prompt, {"Seed": str(job.seed)})
+            if spec.steps:
+                parameters = parameters.with_fields(
+                    Steps=spec.steps, CFG_scale=f"{spec.guidance_scale:g}", Size=f"{spec.width}x{spec.height}"
+                )
+        parameters = parameters.with_fields(**self.model, Lora=weights, Training_step=step, Variant=variant)
+        info = PngInfo()
+        info.add_text("parameters", parameters.to_text())
+        return info
 
     def _append(self, record: dict[str, Any]) -> None:
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,8 +136,18 @@ class OutputWriter:
         self._append({"type": "loss", "step": step, "variant": "model", "values": values})
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All records of a ``metrics.jsonl``; a torn last line (crash mid-write) is ignored."""
+def image_id(image_path: str | Path, run_folder: Path) -> str:
+    """An image's id across the tools (the report's rating page, ``calibrate``): its path relative to the
+    run folder (``samples/step_0000200/red_s1.png``), or as written when outside it."""
+    path, root = Path(image_path), Path(run_folder).resolve()
+    if path.is_absolute() and path.resolve().is_relative_to(root):
+        return path.resolve().relative_to(root).as_posix()
+    return path.as_posix()
+
+
+def read_metrics(path: Path, torn: list[int] | None = None) -> list[dict[str, Any]]:
+    """All records of a ``metrics.jsonl``; a torn last line (crash mid-write) is ignored, its line number
+    appended to ``torn`` when given. Any other line that is not JSON is a ``ValueError`` naming it."""
     records = []
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     for number, line in enumerate(lines, start=1):
@@ -110,6 +157,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             if number == len(lines):
+                if torn is not None:
+                    torn.append(number)
                 break
             raise ValueError(f"{path}:{number}: not a JSON record") from None
     return records

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from sdcallbacks.prompts.library import ImageJob
+from sdcallbacks.prompts.parameters import GenerationParameters, sampler_name
 from sdcallbacks.sampling.encoders import loaded_on
 from sdcallbacks.sampling.families import resolve_family, tokenizer_of
 from sdcallbacks.sampling.modes import eval_mode
@@ -179,4 +180,19 @@ class ValidationSampler:
             output_type="pil",
             **options,
         )
-        return [im.convert("RGB") for im in out.images]
+        images = [im.convert("RGB") for im in out.images]
+        sampler = sampler_name(pipe.scheduler)
+        for image, job in zip(images, chunk):
+            # What a web UI needs to draw it again; the writer saves it as the PNG's parameters chunk.
+            image.info["parameters"] = GenerationParameters(
+                job.prompt.prompt,
+                job.prompt.negative_prompt if options.get("negative_prompt") else "",
+                {
+                    "Steps": str(steps),
+                    "Sampler": sampler,
+                    "CFG scale": f"{cfg:g}",
+                    "Seed": str(job.seed),
+                    "Size": f"{width}x{height}",
+                },
+            ).to_text()
+        return images

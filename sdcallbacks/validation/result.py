@@ -78,6 +78,7 @@ class ValidationResult:
     step: int
     baseline: bool
     variants: list[VariantResult]
+    weights: str | None = None  # the saved checkpoint drawn (evaluate, watch): its name in the PNGs
 
     @property
     def monitored(self) -> VariantResult | None:

@@ -59,6 +59,18 @@ class TagVocabulary:
         }
 
 
+def tags_above(
+    probabilities: np.ndarray, vocabulary: TagVocabulary, threshold: float, character_threshold: float
+) -> list[set[str]]:
+    """Per image (row), the general and character tags above their threshold (strict ``>``; ratings
+    never)."""
+    categories = np.asarray(vocabulary.categories)
+    thresholds = np.where(categories == CHARACTER, character_threshold, threshold)
+    eligible = np.isin(categories, (GENERAL, CHARACTER))
+    names = np.asarray(vocabulary.names, dtype=object)
+    return [set(names[(row > thresholds) & eligible]) for row in probabilities]
+
+
 def preprocess_wd14(image: Image.Image, size: int) -> np.ndarray:
     """One image as (size, size, 3) float32 BGR in 0..255."""
     image = on_white(image)

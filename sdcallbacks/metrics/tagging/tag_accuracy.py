@@ -20,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 
 from sdcallbacks.config.metrics import TagAccuracyConfig
-from sdcallbacks.metrics.backbones.wd14 import CHARACTER, GENERAL, WD14Tagger
+from sdcallbacks.metrics.backbones.wd14 import WD14Tagger, tags_above
 from sdcallbacks.metrics.base import ImageBatch, ImageMetric, Scores
 from sdcallbacks.metrics.registry import register_metric
 from sdcallbacks.metrics.tagging.tags import prompt_tags
@@ -41,12 +41,8 @@ class TagAccuracy(ImageMetric):
 
     def predicted_tags(self, probabilities: np.ndarray) -> list[set[str]]:
         """Per image, the general and character tags above their threshold (strict ``>``)."""
-        vocab = self.tagger.vocabulary
-        categories = np.asarray(vocab.categories)
-        thresholds = np.where(categories == CHARACTER, self.config.character_threshold, self.config.threshold)
-        eligible = np.isin(categories, (GENERAL, CHARACTER))
-        names = np.asarray(vocab.names, dtype=object)
-        return [set(names[(row > thresholds) & eligible]) for row in probabilities]
+        config = self.config
+        return tags_above(probabilities, self.tagger.vocabulary, config.threshold, config.character_threshold)
 
     def compute(self, batch: ImageBatch) -> Scores:
         predicted = self.predicted_tags(batch.features.get(self.tagger).numpy())
