@@ -698,6 +698,9 @@ def test_batch_size_never_changes_a_score(backbones, astronaut, tmp_path):
     for name, scores in by_size[1].items():
         for key, values in scores.items():
             other = by_size[16][name][key]
+            if isinstance(values, list) and any(isinstance(v, dict) for v in values):  # details: exact
+                assert values == other, key
+                continue
             if isinstance(values, list):
                 assert [v is None for v in values] == [v is None for v in other], key
                 values = [v for v in values if v is not None]

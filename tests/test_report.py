@@ -70,9 +70,28 @@ def test_the_report_holds_every_part_of_the_run(run_folder, tmp_path):
     # The grid of each validation (base, 2, 4) for the slider; nothing fetched from elsewhere.
     assert page.count("data:image/png;base64,") >= len(files.plots) + 3
     assert not re.search(r"(src|href)=['\"]https?:", page)
-    # Tag accuracy by the number of prompted tags: one- and two-tag prompts, base and the best step.
+    # Each image record carries which of its prompt's tags the tagger found, in prompt order; their share
+    # is the image's tag accuracy.
+    tagged = [r for r in run.images if r["scores"].get("tag_accuracy") is not None]
+    assert tagged and len(tagged) == len(run.images)
+    for record in tagged:
+        detail = record["details"]["tag_accuracy/tags"]
+        expected = ["red_square", "white_background"] if record["prompt_name"] == "red" else ["blue_square"]
+        assert detail["tags"] == expected
+        assert sum(detail["found"]) / len(detail["found"]) == pytest.approx(record["scores"]["tag_accuracy"])
+    # Tag accuracy by the number of prompted tags (one and two) and by position (first, second), for the
+    # base model and the best step.
     assert re.search(r"<th>tags in the prompt</th><th>1</th><th>2</th>", page)
-    assert "<td>base</td>" in page and "<td>step 2</td>" in page
+    assert re.search(r"<th>position</th><th>1</th><th>2</th>", page)
+    assert "tag_accuracy_by_tag_position.png" in names
+    assert page.count("<td>base</td>") == 2 and page.count("<td>step 2</td>") == 2
+    second = [
+        r["details"]["tag_accuracy/tags"]["found"][1]
+        for r in tagged
+        if r["variant"] == "base" and r["prompt_name"] == "red"
+    ]
+    share = sum(second) / len(second)
+    assert f"<td>{share:.4g} ({len(second)})</td>" in page.split("<th>position</th>")[1].split("</table>")[0]
     # Per prompt: each prompt's column for each validation.
     assert "<th>red</th>" in page and "<th>blue</th>" in page
 

@@ -98,7 +98,14 @@ def test_tag_accuracy_on_the_colour_tagger(tagger_dir):
     assert scores["tag_accuracy/precision"][1] == 0.5  # predicted red + white, one was asked
     assert scores["tag_accuracy/f1"][1] == 0.5
     assert scores["tag_accuracy/precision"][3] == 0.5  # white background predicted but not asked
-    assert set(metric.output_keys()) == set(scores)
+    assert set(metric.output_keys()) | set(metric.detail_keys) == set(scores)
+    # Per image, which of its prompt's known tags were found, in prompt order (duplicates once).
+    assert scores["tag_accuracy/tags"] == [
+        {"tags": ["red_square", "white_background"], "found": [True, True]},
+        {"tags": ["blue_square", "white_background"], "found": [False, True]},
+        {"tags": [], "found": []},
+        {"tags": ["red_square"], "found": [True]},
+    ]
 
 
 def test_tagger_rejects_a_csv_that_does_not_match(tagger_dir, tmp_path):

@@ -38,6 +38,7 @@ class ImageRecord:
     prompt: str
     image_path: str | None = None
     scores: dict[str, float | None] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # metrics' per-image details (detail_keys)
 
     @classmethod
     def for_job(cls, step: int, variant: str, job: ImageJob, image_path: str | None = None) -> ImageRecord:
@@ -51,7 +52,10 @@ class ImageRecord:
         return (self.prompt_name, self.seed)
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": "image", **asdict(self)}
+        data = asdict(self)
+        if not data["details"]:
+            del data["details"]  # most metrics have none: lines stay as they were
+        return {"type": "image", **data}
 
 
 def _finite(value: float | None) -> bool:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from PIL import Image
 
@@ -30,7 +30,7 @@ from sdcallbacks.metrics.backbones import BackbonePool, FeatureCache
 from sdcallbacks.prompts.library import ImageJob
 from sdcallbacks.sampling.rng import isolated_load
 
-Scores = dict[str, list[float | None]]
+Scores = dict[str, list[Any]]  # per image: a float or None; a JSON value under detail_keys
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,9 @@ class Metric(ABC):
     # True when the score compares the image with its prompt: images without a prompt (a scored folder
     # with no caption) are skipped (None) instead of being compared with "".
     uses_prompt: ClassVar[bool] = False
+    # Keys of per-image details (JSON values, not numbers) that ``compute`` returns beside the scores: kept
+    # in each image record for analyses (``sdcallbacks report``), never aggregated or logged as scalars.
+    detail_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, config: MetricConfig | None = None, device: str = "cpu", pool: BackbonePool | None = None

@@ -67,35 +67,68 @@ def metric_curve(
     return path
 
 
-def tag_count_table(run: RunData, step: int | None) -> dict[str, dict[int, tuple[float, int]]]:
-    """Tag accuracy by the number of tags in the prompt: {"base"/"step N": {tags: (mean, images)}}."""
+TagTable = dict[str, dict[int, tuple[float, int]]]  # "base"/"step N" -> {x: (mean, count)}
+
+
+def _tag_groups(run: RunData, step: int | None) -> dict[str, list[dict]]:
+    """The tag details of the base model's images and of ``step``'s."""
     wanted = {"base": lambda r: r.get("variant") == "base"}
     if step is not None:
         wanted[f"step {step}"] = lambda r: r.get("variant") == "model" and r.get("step") == step
-    table: dict[str, dict[int, tuple[float, int]]] = {}
+    groups: dict[str, list[dict]] = {}
     for label, chosen in wanted.items():
-        groups: dict[int, list[float]] = defaultdict(list)
-        for record in run.images:
-            value = (record.get("scores") or {}).get("tag_accuracy")
-            if chosen(record) and isinstance(value, (int, float)) and math.isfinite(value):
-                tags = [t for t in str(record.get("prompt", "")).split(",") if t.strip()]
-                groups[len(tags)].append(float(value))
-        if groups:
-            table[label] = {n: (sum(v) / len(v), len(v)) for n, v in sorted(groups.items())}
+        details = [(r.get("details") or {}).get("tag_accuracy/tags") for r in run.images if chosen(r)]
+        found = [d for d in details if isinstance(d, dict) and d.get("tags")]
+        if found:
+            groups[label] = found
+    return groups
+
+
+def _table(groups: dict[str, list[tuple[int, float]]]) -> TagTable:
+    table: TagTable = {}
+    for label, pairs in groups.items():
+        by_x: dict[int, list[float]] = defaultdict(list)
+        for x, value in pairs:
+            by_x[x].append(value)
+        table[label] = {x: (sum(v) / len(v), len(v)) for x, v in sorted(by_x.items())}
     return table
 
 
-def tag_count_plot(table: dict[str, dict[int, tuple[float, int]]], path: Path) -> Path | None:
+def tag_count_table(run: RunData, step: int | None) -> TagTable:
+    """Tag accuracy (the share of the prompt's known tags found) by how many known tags the prompt has:
+    {label: {tags: (mean over images, images)}}."""
+    groups = _tag_groups(run, step)
+    return _table(
+        {
+            label: [(len(d["tags"]), sum(map(bool, d["found"])) / len(d["tags"])) for d in details]
+            for label, details in groups.items()
+        }
+    )
+
+
+def tag_position_table(run: RunData, step: int | None) -> TagTable:
+    """How often the tag at each position of the prompt (1 = first known tag) is found: {label:
+    {position: (share found, tags)}}. Accuracy falls with prompt length and near CLIP's 77-token limit."""
+    groups = _tag_groups(run, step)
+    return _table(
+        {
+            label: [(i + 1, float(bool(hit))) for d in details for i, hit in enumerate(d["found"])]
+            for label, details in groups.items()
+        }
+    )
+
+
+def tag_plot(table: TagTable, path: Path, xlabel: str, title: str) -> Path | None:
     if not table:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     for label, rows in table.items():
         ax.plot(list(rows), [mean for mean, _ in rows.values()], marker="o", label=label)
-    ax.set_xlabel("tags in the prompt")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("tag accuracy")
     ax.set_ylim(-0.05, 1.05)
-    ax.set_title("Tag accuracy by the number of prompted tags")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdcallbacks.outputs.writer import image_id
-from sdcallbacks.report.figures import metric_curve, tag_count_plot, tag_count_table
+from sdcallbacks.report.figures import (
+    TagTable,
+    metric_curve,
+    tag_count_table,
+    tag_plot,
+    tag_position_table,
+)
 from sdcallbacks.report.run_data import RunData, read_run
 
 STYLE = """
@@ -79,8 +85,20 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> ReportFil
         drawn = metric_curve(run, key, plots_dir / name, best_step, stop)
         if drawn is not None:
             curves.append((key, drawn))
-    tag_table = tag_count_table(run, best_step if best_step is not None else _last_step(run))
-    tag_plot = tag_count_plot(tag_table, plots_dir / "tag_accuracy_by_tag_count.png")
+    tag_step = best_step if best_step is not None else _last_step(run)
+    by_count, by_position = tag_count_table(run, tag_step), tag_position_table(run, tag_step)
+    count_plot = tag_plot(
+        by_count,
+        plots_dir / "tag_accuracy_by_tag_count.png",
+        "tags in the prompt",
+        "Tag accuracy by the number of prompted tags",
+    )
+    position_plot = tag_plot(
+        by_position,
+        plots_dir / "tag_accuracy_by_tag_position.png",
+        "position of the tag in the prompt",
+        "Tag accuracy by tag position",
+    )
 
     sections = [
         _summary(run, selection, stop),
@@ -88,7 +106,8 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> ReportFil
         _grids(run),
         _per_prompt(run),
         _leaderboard(run),
-        _tags(tag_table, tag_plot),
+        _tags(by_count, count_plot, "the number of prompted tags", "tags in the prompt", "images"),
+        _tags(by_position, position_plot, "tag position in the prompt", "position", "tags"),
         _rating(run, out),
     ]
     page = (
@@ -108,7 +127,7 @@ def write_report(folder: str | Path, out: str | Path | None = None) -> ReportFil
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
-    plots = [p for _, p in curves] + ([tag_plot] if tag_plot else [])
+    plots = [p for _, p in curves] + [p for p in (count_plot, position_plot) if p is not None]
     return ReportFiles(out, plots, run.torn_lines)
 
 
@@ -291,22 +310,22 @@ def _rating(run: RunData, out: Path) -> str:
     )
 
 
-def _tags(table: dict[str, dict[int, tuple[float, int]]], plot: Path | None) -> str:
+def _tags(table: TagTable, plot: Path | None, what: str, column: str, counted: str) -> str:
     if not table:
         return ""
-    counts = sorted({n for rows in table.values() for n in rows})
-    head = "".join(f"<th>{n}</th>" for n in counts)
+    keys = sorted({n for rows in table.values() for n in rows})
+    head = "".join(f"<th>{n}</th>" for n in keys)
     body = "".join(
         f"<tr><td>{html.escape(label)}</td>"
         + "".join(
-            f"<td>{_number(rows[n][0])} ({rows[n][1]})</td>" if n in rows else "<td>–</td>" for n in counts
+            f"<td>{_number(rows[n][0])} ({rows[n][1]})</td>" if n in rows else "<td>–</td>" for n in keys
         )
         + "</tr>"
         for label, rows in table.items()
     )
-    image = f"<img class='curve' src='{_data_uri(plot)}' alt='tag accuracy by tag count'>" if plot else ""
+    image = f"<img class='curve' src='{_data_uri(plot)}' alt='tag accuracy by {what}'>" if plot else ""
     return (
-        "<h2>Tag accuracy by the number of prompted tags</h2>"
-        f"<table><tr><th>tags in the prompt</th>{head}</tr>{body}</table>"
-        "<p>mean tag accuracy (images)</p>" + image
+        f"<h2>Tag accuracy by {what}</h2>"
+        f"<table><tr><th>{column}</th>{head}</tr>{body}</table>"
+        f"<p>share of tags found ({counted})</p>" + image
     )

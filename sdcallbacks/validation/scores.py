@@ -36,6 +36,7 @@ def record_scores(
             sets.update(scores)
             continue
         for key, values in scores.items():
+            into = "details" if key in metric.detail_keys else "scores"
             for record, value in zip(records, values):
-                record.scores[key] = value
+                getattr(record, into)[key] = value
     return sets

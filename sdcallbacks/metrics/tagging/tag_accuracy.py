@@ -33,6 +33,9 @@ class TagAccuracy(ImageMetric):
     config_class = TagAccuracyConfig
     uses_prompt = True
     extra_keys: ClassVar[dict[str, bool]] = {"precision": True, "f1": True, "oov_rate": False}
+    # Per image: the prompt's in-vocabulary tags in prompt order and which the tagger found (accuracy by
+    # tag position, in the report).
+    detail_keys: ClassVar[tuple[str, ...]] = ("tag_accuracy/tags",)
     config: TagAccuracyConfig
 
     def load(self) -> None:
@@ -47,11 +50,12 @@ class TagAccuracy(ImageMetric):
     def compute(self, batch: ImageBatch) -> Scores:
         predicted = self.predicted_tags(batch.features.get(self.tagger).numpy())
         index = self.tagger.vocabulary.index
-        scores: Scores = {key: [] for key in self.output_keys()}
+        scores: Scores = {key: [] for key in (*self.output_keys(), *self.detail_keys)}
         for job, tags in zip(batch.jobs, predicted):
             asked = prompt_tags(job.prompt.prompt)
             known = [t for t in asked if t in index]
             scores["tag_accuracy/oov_rate"].append((len(asked) - len(known)) / len(asked) if asked else None)
+            scores["tag_accuracy/tags"].append({"tags": known, "found": [t in tags for t in known]})
             if not known:
                 for key in ("tag_accuracy", "tag_accuracy/precision", "tag_accuracy/f1"):
                     scores[key].append(None)
