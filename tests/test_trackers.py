@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -114,7 +116,7 @@ def test_a_tracker_that_cannot_start_warns_once_and_training_goes_on(
 
 
 class RecordingTracker:
-    def __init__(self, name="mlflow", fail=False):
+    def __init__(self, name="aim", fail=False):
         self.name = name
         self.fail = fail
         self.calls: list[tuple[dict, int]] = []
@@ -140,7 +142,7 @@ class RecordingWriter:
 def test_scalars_to_any_tracker_images_to_tensorboard_and_a_failing_tracker_is_skipped(
     tmp_path, tagger_dir, tiny_modules, caplog
 ):
-    other, broken = RecordingTracker("mlflow"), RecordingTracker("comet_ml", fail=True)
+    other, broken = RecordingTracker("aim"), RecordingTracker("comet_ml", fail=True)  # scalars only
     tensorboard = RecordingTracker("tensorboard")
     tensorboard.writer = RecordingWriter()
     accelerator = AcceleratorStub(trackers=[other, broken, tensorboard])
@@ -158,6 +160,31 @@ def test_scalars_to_any_tracker_images_to_tensorboard_and_a_failing_tracker_is_s
         ("val/images/blue", 2),
     ]
     assert caplog.text.count("tracker 'comet_ml' failed") == 1  # one warning, then skipped
+
+
+class RefusingWriter(RecordingWriter):
+    def add_image(self, tag, array, step, dataformats):
+        raise ValueError("image too large for this backend")
+
+
+def test_a_tracker_that_raises_on_images_warns_once_and_the_others_and_the_files_go_on(
+    tmp_path, tagger_dir, tiny_modules, caplog
+):
+    other, tensorboard = RecordingTracker("aim"), RecordingTracker("tensorboard")
+    tensorboard.writer = RefusingWriter()
+    cb = ValidationCallback.from_config(
+        config(tmp_path, tagger_dir), accelerator=AcceleratorStub(trackers=[tensorboard, other])
+    )
+    with caplog.at_level(logging.WARNING, logger="sdcallbacks"):
+        start(cb, tiny_modules)
+        for step in (1, 2, 3, 4):
+            cb.on_step_end(step)
+    assert caplog.text.count("tracker 'tensorboard' failed (validation: ValueError: image too large") == 1
+    assert [step for _, step in other.calls] == [0, 2, 4]
+    from sdcallbacks.outputs import read_metrics
+
+    steps = [r["step"] for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if r["type"] == "aggregate"]
+    assert steps == [0, 2, 4]
 
 
 def test_no_tracker_at_all_is_reported_once(tmp_path, tagger_dir, tiny_modules, caplog):
@@ -329,3 +356,99 @@ def test_accelerates_real_tensorboard_tracker_read_back_with_tensorboard(tmp_pat
             expected = prompt_grids(cb.validation.jobs, [Image.open(r["image_path"]) for r in drawn])[prompt]
             decoded = Image.open(io.BytesIO(event.encoded_image_string))
             assert np.array_equal(np.asarray(decoded.convert("RGB")), np.asarray(expected.convert("RGB")))
+
+
+def _mlflow_accelerator(tmp_path, monkeypatch):
+    """``Accelerator(log_with="mlflow")`` on a local SQLite store (MLflow 3's local backend; no server)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    pytest.importorskip("mlflow", reason="MLflow is in [dev]: pip install -e '.[dev]'")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    accelerator = Accelerator(cpu=True, log_with="mlflow", project_dir=str(tmp_path / "artifacts"))
+    accelerator.init_trackers("lora", config={"lr": 1e-4})
+    return accelerator
+
+
+def _end(accelerator):
+    from accelerate.state import AcceleratorState, GradientState
+
+    accelerator.end_training()
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def test_accelerates_real_mlflow_tracker_read_back_with_its_client(
+    tmp_path, tagger_dir, tiny_modules, monkeypatch
+):
+    """Every ``val/*`` scalar of ``metrics.jsonl`` at its step through ``MlflowClient``, each prompt's grid
+    an MLflow image at its step that decodes to the grid of ``samples/``, the summary as tags."""
+    import re
+
+    import numpy as np
+    from mlflow import MlflowClient
+    from PIL import Image
+
+    from sdcallbacks.outputs import read_metrics
+    from sdcallbacks.outputs.grid import prompt_grids
+
+    accelerator = _mlflow_accelerator(tmp_path, monkeypatch)
+    run_id = accelerator.get_tracker("mlflow", unwrap=False).tracker.info.run_id
+    cb = ValidationCallback.from_config(config(tmp_path, tagger_dir), accelerator=accelerator)
+    start(cb, tiny_modules)
+    for step in (1, 2, 3, 4):
+        cb.on_step_end(step)
+    cb.on_train_end(4)
+    _end(accelerator)
+
+    client = MlflowClient()
+    rows = [r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if r["type"] == "aggregate"]
+    for key in {k for r in rows for k in r["values"]}:
+        logged = [(r["step"], r["values"][key]) for r in rows if r["values"].get(key) is not None]
+        read = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+        assert [s for s, _ in read] == [s for s, _ in logged], key
+        assert [v for _, v in read] == pytest.approx([v for _, v in logged]), key
+    stored = [a.path for a in client.list_artifacts(run_id, "images")]
+    images = [r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if r["type"] == "image"]
+    for prompt in ("red", "blue"):
+        found = {}
+        for path in stored:  # MLflow's own naming: <key with / as ~>+step+<step>+timestamp+...png
+            match = re.match(rf"images/val~images~{prompt}\+step\+(\d+)\+.*(?<!compressed)\.png$", path)
+            if match:
+                found[int(match[1])] = client.download_artifacts(run_id, path, str(tmp_path / "down"))
+        assert sorted(found) == [0, 2, 4], stored
+        for step, local in found.items():
+            drawn = [r for r in images if r["step"] == step]
+            expected = prompt_grids(cb.validation.jobs, [Image.open(r["image_path"]) for r in drawn])[prompt]
+            assert np.array_equal(np.asarray(Image.open(local).convert("RGB")), np.asarray(expected))
+    tags = client.get_run(run_id).data.tags
+    assert tags["best/step"] == str(cb.best_step) and tags["early_stop/reason"] == "not_stopped"
+    assert client.get_run(run_id).data.params["lr"] == "0.0001"
+
+
+def test_an_mlflow_store_that_cannot_be_written_warns_once_and_training_goes_on(
+    tmp_path, tagger_dir, tiny_modules, monkeypatch, caplog
+):
+    accelerator = _mlflow_accelerator(tmp_path, monkeypatch)
+    # The run's artifact folder becomes a file (a full or lost disk): no image can be stored.
+    from mlflow import MlflowClient
+
+    run_id = accelerator.get_tracker("mlflow", unwrap=False).tracker.info.run_id
+    artifacts = Path(MlflowClient().get_run(run_id).info.artifact_uri.removeprefix("file://"))
+    shutil.rmtree(artifacts, ignore_errors=True)
+    artifacts.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.write_text("not a folder")
+    cb = ValidationCallback.from_config(config(tmp_path, tagger_dir), accelerator=accelerator)
+    start(cb, tiny_modules)
+    with caplog.at_level(logging.WARNING, logger="sdcallbacks"):
+        for step in (1, 2, 3, 4):
+            cb.on_step_end(step)
+    _end(accelerator)
+    warnings = [r.getMessage() for r in caplog.records if "tracker 'mlflow' failed" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    from sdcallbacks.outputs import read_metrics
+
+    steps = [r["step"] for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if r["type"] == "aggregate"]
+    assert steps == [0, 2, 4]  # every validation still in the local files

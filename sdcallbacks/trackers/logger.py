@@ -15,6 +15,7 @@ from typing import Any
 
 from sdcallbacks.config.schema import TrackersConfig
 from sdcallbacks.trackers.base import TrackerAdapter, ValidationLog
+from sdcallbacks.trackers.mlflow import MlflowAdapter
 from sdcallbacks.trackers.tensorboard import TensorBoardAdapter, TensorBoardWriter
 from sdcallbacks.trackers.wandb import WandbAdapter, create_run
 
@@ -65,6 +66,8 @@ class TrackerLogger:
                     self._adapters.append(WandbAdapter(tracker.tracker, self.config.wandb))
                 elif tracker.name == "tensorboard":
                     self._adapters.append(TensorBoardAdapter(tracker))
+                elif tracker.name == "mlflow":
+                    self._adapters.append(MlflowAdapter(tracker))
                 else:
                     self._adapters.append(TrackerAdapter(tracker))
             self._create_wandb_run()
