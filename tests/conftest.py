@@ -79,6 +79,7 @@ def backbones(tmp_path_factory):
         vgg19=ev.write_torchvision_features(root / "vgg19-dcbb9e9d.pth", "vgg19"),
         alexnet=ev.write_torchvision_features(root / "alexnet-owt-7be5be79.pth", "alexnet"),
         inception=ev.write_inception(root / "inception.pth"),
+        dino=ev.write_dino(root / "dino"),
     )
 
 

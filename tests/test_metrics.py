@@ -671,6 +671,7 @@ def full_suite(backbones, refs: Path, faces: Path, batch_size: int) -> MetricsCo
         "aesthetic_anime": {"model": str(backbones.anime), "size": 64},
         "clip_score": {"clip": clip},
         "clip_i": {"references": refs, "clip": clip},
+        "dino": {"references": refs, "model": str(backbones.dino)},
         "identity": {"references": faces, "weights": str(backbones.facenet)},
         "ccip": {"references": refs, "model": str(backbones.ccip)},
         "style_loss": {"references": refs, "weights": str(backbones.vgg19), "size": (32, 32)},
@@ -694,7 +695,7 @@ def test_batch_size_never_changes_a_score(backbones, astronaut, tmp_path):
         metrics = build_metrics(suite.enabled(), pool=BackbonePool())
         batch = ImageBatch.of(images, jobs)
         by_size[batch_size] = {m.name: m.score(batch) for m in metrics}
-    assert len(by_size[1]) == 12
+    assert len(by_size[1]) == 13
     for name, scores in by_size[1].items():
         for key, values in scores.items():
             other = by_size[16][name][key]

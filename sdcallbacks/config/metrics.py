@@ -106,6 +106,18 @@ class ClipIConfig(ReferenceMetricConfig):
     clip: ClipModelConfig = Field(default_factory=ClipModelConfig)
 
 
+class DinoConfig(ReferenceMetricConfig):
+    """DreamBench's DINO: mean cosine between an image's DINO ViT-S/16 CLS embedding and each reference's."""
+
+    model: str = Field(
+        "facebook/dino-vits16",
+        description="A transformers ViT or DINOv2 model: hub id (facebook/dino-vits16, facebook/dinov2-base) "
+        "or a local folder with config.json and the weights.",
+    )
+    resize: PositiveInt = Field(256, description="Short side before the centre crop (DINO's evaluation).")
+    crop: PositiveInt = Field(224, description="Centre crop side.")
+
+
 class DiversityConfig(MetricConfig):
     """DreamBooth DIV: mean pairwise LPIPS between images of the same prompt."""
 
@@ -237,6 +249,7 @@ class MetricsConfig(StrictModel):
     aesthetic_anime: AestheticAnimeConfig | None = None
     clip_score: ClipScoreConfig | None = None
     clip_i: ClipIConfig | None = None
+    dino: DinoConfig | None = None
     diversity: DiversityConfig | None = None
     diversity_clip: DiversityClipConfig | None = None
     kid: KidConfig | None = None

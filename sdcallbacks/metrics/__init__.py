@@ -12,6 +12,7 @@ from sdcallbacks.metrics import (  # noqa: F401  (imported to register their met
     diversity,
     identity,
     style,
+    subject,
     tagging,
 )
 from sdcallbacks.metrics.backbones import Backbone, BackbonePool, FeatureCache

@@ -6,6 +6,7 @@
   sized for the tiny CLIP's embedding.
 * ``facenet/20180402-114759-vggface2.pt``: an InceptionResnetV1 state_dict with the vggface2 logits
   (8631 classes), the file facenet-pytorch downloads; random weights, real layout.
+* ``dino/``: a transformers ViT folder as ``facebook/dino-vits16`` (``write_dino``; DINOv2 alike).
 """
 
 from __future__ import annotations
@@ -239,3 +240,20 @@ def write_inception(path: Path, seed: int = 0, logit_scale: float = 12.0) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path)
     return path
+
+
+def write_dino(folder: Path, kind: str = "vit", seed: int = 0) -> Path:
+    """A transformers DINO model folder as ``facebook/dino-vits16`` (``kind="vit"``, a ``ViTModel`` with no
+    pooler, as the published checkpoint) or ``facebook/dinov2-base`` (``"dinov2"``) publish it:
+    ``config.json`` + ``model.safetensors`` + ``preprocessor_config.json``; tiny, random weights."""
+    from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(seed)
+    shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    if kind == "vit":
+        model = ViTModel(ViTConfig(image_size=224, patch_size=16, **shape), add_pooling_layer=False)
+    else:
+        model = Dinov2Model(Dinov2Config(image_size=518, patch_size=14, **shape))
+    model.save_pretrained(folder)
+    ViTImageProcessor(size={"height": 224, "width": 224}).save_pretrained(folder)
+    return folder

@@ -1,0 +1,5 @@
+"""Subject fidelity against reference images (DreamBench): DINO."""
+
+from sdcallbacks.metrics.subject.dino import Dino
+
+__all__ = ["Dino"]
