@@ -4,12 +4,18 @@ and the pretrained tiny world (minutes, cached) for the tests that need a model 
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# MLflow's default store is ./mlflow.db and ./mlruns in the working directory, i.e. the repository: any
+# MLflow client a test starts without its own store writes to a temporary folder instead.
+os.environ.setdefault(
+    "MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='sdcallbacks-mlflow-')}/mlflow.db"
+)
 
 
 @pytest.fixture(scope="session")

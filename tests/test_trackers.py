@@ -367,8 +367,10 @@ def _mlflow_accelerator(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    accelerator = Accelerator(cpu=True, log_with="mlflow", project_dir=str(tmp_path / "artifacts"))
-    accelerator.init_trackers("lora", config={"lr": 1e-4})
+    accelerator = Accelerator(cpu=True, log_with="mlflow")
+    # The run's artifacts (the grids) under tmp_path: MLflow's default is ./mlruns in the working directory.
+    artifacts = {"mlflow": {"logging_dir": str(tmp_path / "artifacts")}}
+    accelerator.init_trackers("lora", config={"lr": 1e-4}, init_kwargs=artifacts)
     return accelerator
 
 
