@@ -11,8 +11,10 @@ Likert ratings (1-5; an image's rating is the mean over its raters):
   distribution (quantile mapping, oriented by the training folds' correlation; the deepsense.ai
   validation method), as its mean absolute error against the ratings beside the error of always
   answering the training median;
-* a composite: ridge regression of the ratings on the z-scored metrics, its cross-validated Spearman
-  with the ratings, and its weights as a ``score:`` block.
+* a composite: an ordinal logistic regression (proportional odds: P(rating <= j) = sigmoid(t_j - x.w))
+  of every rating on the image's z-scored metrics, fitted with scipy's optimiser and a small L2 penalty;
+  its cross-validated Spearman (the held-out images' x.w against their mean rating) and its weights as a
+  ``score:`` block.
 
 Pairwise picks: per metric, the share of picks it orders the same way (bootstrap CI); a Bradley-Terry
 model of the picks on the z-scored metrics (logistic, no intercept, a small L2 penalty, scipy's
@@ -32,7 +34,8 @@ from scipy import optimize, stats
 from sdcallbacks.calibration.data import Ratings, ScoreTable
 
 BOOTSTRAP = 1000
-RIDGE = 1.0
+ORDINAL_L2 = 0.01
+LEVELS = 5  # the 1-5 scale
 BT_L2 = 0.01
 
 
@@ -108,11 +111,25 @@ def _zscore(train: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return (train - mean) / std, (other - mean) / std
 
 
-def _ridge(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """Weights and intercept of ridge regression (penalty on the weights only)."""
-    centre = y.mean()
-    weights = np.linalg.solve(x.T @ x + RIDGE * np.eye(x.shape[1]), x.T @ (y - centre))
-    return weights, centre
+def _ordinal_logit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Weights w of the proportional-odds model P(y <= j) = sigmoid(t_j - x @ w), j = 1..4, fitted by
+    maximum likelihood (the thresholds t are increasing: the first, then log-gaps), small L2 on all."""
+    k = x.shape[1]
+
+    def unpack(params):
+        weights, first, gaps = params[:k], params[k], params[k + 1 :]
+        return weights, np.concatenate([[first], first + np.cumsum(np.exp(gaps))])
+
+    def loss(params):
+        weights, thresholds = unpack(params)
+        edges = np.concatenate([[-np.inf], thresholds, [np.inf]])
+        latent = x @ weights
+        upper = 1.0 / (1.0 + np.exp(-(edges[y] - latent)))
+        lower = 1.0 / (1.0 + np.exp(-(edges[y - 1] - latent)))
+        return float(-np.log(np.clip(upper - lower, 1e-12, None)).sum() + ORDINAL_L2 * params @ params)
+
+    start = np.concatenate([np.zeros(k), [-1.5], np.zeros(LEVELS - 2)])
+    return unpack(optimize.minimize(loss, start, method="L-BFGS-B").x)[0]
 
 
 def _bradley_terry(differences: np.ndarray) -> np.ndarray:
@@ -187,13 +204,20 @@ def _likert(table: ScoreTable, ratings: Ratings, folds: int, rng: np.random.Gene
     names = _usable(table, rows)
     if names:
         x = np.stack([table.metrics[n][rows] for n in names], axis=1)
+        # One observation per rating: the rated image's metrics and that rating.
+        position = {image: i for i, image in enumerate(images)}
+        observed = np.array([position[image] for image, _, _ in ratings.likert])
+        levels = np.array([rating for _, _, rating in ratings.likert])
         predicted = np.empty(len(y))
         for test in _folds(len(y), folds, rng):
             train = np.setdiff1d(np.arange(len(y)), test)
             x_train, x_test = _zscore(x[train], x[test])
-            weights, centre = _ridge(x_train, y[train])
-            predicted[test] = x_test @ weights + centre
-        weights, _ = _ridge(_zscore(x, x)[0], y)
+            z = np.empty_like(x)
+            z[train], z[test] = x_train, x_test
+            kept = np.isin(observed, train)
+            weights = _ordinal_logit(z[observed[kept]], levels[kept])
+            predicted[test] = x_test @ weights
+        weights = _ordinal_logit(_zscore(x, x)[0][observed], levels)
         result.composite = {
             "metrics": names,
             "weights": [float(w) for w in weights],
