@@ -173,3 +173,17 @@ def test_an_ordinal_fit_on_ratings_from_known_weights_recovers_them(tmp_path):
     fitted = dict(zip(result.composite["metrics"], result.composite["weights"]))
     assert [fitted[n] for n in names] == pytest.approx(list(truth), abs=0.15)
     assert result.score_block["aesthetic_laion"]["mode"] == "min"
+
+
+def test_without_a_usable_metric_no_score_block_is_written(tmp_path, capsys):
+    """Every metric constant over the rated images: correlations are skipped, and no score.yaml (an empty
+    score: with monitor val/score could not run) is written."""
+    scores = _scores_file(tmp_path / "run", {"clip_score": np.full(6, 20.0)})
+    rows = [(f"samples/step_0000100/p_s{i}.png", 1 + i % 5) for i in range(6)]
+    ratings = _write_csv(tmp_path / "ratings.csv", ["image", "rating"], rows)
+    out = tmp_path / "calibration"
+    assert main(["calibrate", "--ratings", str(ratings), "--scores", str(scores), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| clip_score | skipped: fewer than 3 rated images, or constant" in printed
+    assert "no composite fitted" in printed
+    assert (out / "calibration.json").is_file() and not (out / "score.yaml").exists()

@@ -42,7 +42,9 @@ def summary_markdown(result: Calibration) -> str:
                 lines.append(f"| {name} | {_interval(entry['agreement'])} | {entry['n']} |")
     for rater, why in result.skipped_raters.items():
         lines.append(f"  skipped rater {rater}: {why}")
-    if result.composite:
+    if not result.score_block:
+        lines += ["", "no composite fitted: no metric scored every rated image with some spread"]
+    if result.composite and result.score_block:
         quality = (
             f"cross-validated Spearman {result.composite['cv_spearman']:.3f}"
             if result.kind == "likert"
@@ -57,9 +59,14 @@ def summary_markdown(result: Calibration) -> str:
 
 
 def write_calibration(result: Calibration, folder: Path) -> dict[str, Path]:
+    """``calibration.json`` always; ``score.yaml`` only with a fitted composite (an empty ``score:`` with
+    ``monitor: val/score`` would be a config that cannot run)."""
     folder.mkdir(parents=True, exist_ok=True)
-    files = {"calibration": folder / "calibration.json", "score": folder / "score.yaml"}
+    files = {"calibration": folder / "calibration.json"}
     files["calibration"].write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n", encoding="utf-8")
+    if not result.score_block:
+        return files
+    files["score"] = folder / "score.yaml"
     block = {"score": result.score_block, "monitor": "val/score", "mode": "max"}
     files["score"].write_text(
         "# Fitted by sdcallbacks calibrate to your ratings: paste into the run config.\n"
