@@ -114,12 +114,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             args.base,
             args.checkpoints,
             args.out,
-            base_config=args.base_config,
             step_pattern=args.step_pattern,
-            device=args.device,
-            dtype=args.dtype,
-            mixed_precision=args.mixed_precision,
             progress=True,
+            **_base_options(args),
         )
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -225,10 +222,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         config,
         args.base,
         args.out,
-        base_config=args.base_config,
-        device=args.device,
-        dtype=args.dtype,
-        mixed_precision=args.mixed_precision,
+        **_base_options(args),
     )
     watcher = Watcher(
         evaluator,
@@ -301,6 +295,16 @@ def _with_trackers(config: RunConfig, args: argparse.Namespace) -> RunConfig:
         wandb = trackers.wandb.model_copy(update={"create_run": True, "run_id": args.wandb_run_id})
         trackers = trackers.model_copy(update={"wandb": wandb})
     return config.model_copy(update={"trackers": trackers})
+
+
+def _base_options(args: argparse.Namespace) -> dict[str, str | None]:
+    """How ``evaluate`` and ``watch`` load and run the base model, from :func:`_scoring_arguments`."""
+    return {
+        "base_config": args.base_config,
+        "device": args.device,
+        "dtype": args.dtype,
+        "mixed_precision": args.mixed_precision,
+    }
 
 
 def _scoring_arguments(parser: argparse.ArgumentParser) -> None:

@@ -100,16 +100,9 @@ def score_tagger(
         with Image.open(path) as image:
             images.append(image.copy())  # the tagger's own preprocessing composites alpha onto white
     start = time.perf_counter()
-    probabilities = [
-        tagger.forward(images[i : i + tagger.batch_size]).numpy()
-        for i in range(0, len(images), tagger.batch_size)
-    ]
+    probabilities = tagger.embed(images).numpy()  # batched at the tagger's batch size
     elapsed = time.perf_counter() - start
-    predicted = [
-        tags
-        for chunk in probabilities
-        for tags in tags_above(chunk, tagger.vocabulary, threshold, character_threshold)
-    ]
+    predicted = tags_above(probabilities, tagger.vocabulary, threshold, character_threshold)
     totals = {"score": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0}
     for path, tags in zip(paths, predicted):
         truth = set(known[path])
