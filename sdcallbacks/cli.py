@@ -143,6 +143,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_wandb_report(args: argparse.Namespace) -> int:
+    from sdcallbacks.report import ReportError, read_run
+    from sdcallbacks.report.wandb_report import RunPath, build_report, save_report, write_spec
+
+    try:
+        report = build_report(read_run(args.outputs), RunPath.parse(args.run_path), args.title)
+        if args.spec is not None:
+            print(f"W&B report spec: {write_spec(report, args.spec)}")
+        else:
+            print(f"W&B report: {save_report(report)}")
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from sdcallbacks.report import ReportError, write_report
 
@@ -383,6 +399,22 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="the HTML file (default FOLDER/report.html)")
     report.add_argument("--open", action="store_true", help="open it in the default browser")
     report.set_defaults(func=_cmd_report)
+
+    wandb_report = sub.add_parser(
+        "wandb-report", help="a W&B report of a run: monitored key with CI, deltas, grids, samples"
+    )
+    wandb_report.add_argument("run_path", help="the W&B run: ENTITY/PROJECT/RUN_ID")
+    wandb_report.add_argument(
+        "--outputs",
+        type=Path,
+        required=True,
+        help="the run's output folder (its metrics.jsonl names the keys)",
+    )
+    wandb_report.add_argument("--title", help="report title (default 'Validation: RUN_ID')")
+    wandb_report.add_argument(
+        "--spec", type=Path, help="write the report's JSON view spec here instead of saving it (offline)"
+    )
+    wandb_report.set_defaults(func=_cmd_wandb_report)
 
     calibrate = sub.add_parser("calibrate", help="check the metrics against your ratings; fit a score")
     calibrate.add_argument(

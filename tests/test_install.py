@@ -58,7 +58,12 @@ def third_party_imports() -> dict[str, set[str]]:
 
 # Imported only where the matching extra is installed (torch-fidelity for FID/IS, matplotlib for the
 # report, mlflow for its tracker): never by the demo.
-EXTRA_ONLY = {"torch_fidelity": "fid", "matplotlib": "report", "mlflow": "mlflow"}
+EXTRA_ONLY = {
+    "torch_fidelity": "fid",
+    "matplotlib": "report",
+    "mlflow": "mlflow",
+    "wandb_workspaces": "wandb-report",
+}
 
 
 def test_every_import_of_the_package_is_a_base_dependency():

@@ -166,3 +166,73 @@ def test_a_torn_last_record_is_skipped_and_counted_a_broken_one_is_an_error(run_
 
     with pytest.raises(ReportError, match=r"metrics\.jsonl: not found"):
         write_report(tmp_path / "nothing")
+
+
+def test_wandb_report_spec_lays_out_the_runs_keys_offline(run_folder, tmp_path, capsys):
+    """``sdcallbacks wandb-report RUN_PATH --outputs DIR --spec FILE``: the view spec W&B's reports API
+    saves, built offline from the run's own keys, and read back by that API into the same panels."""
+    import json
+
+    import wandb_workspaces.reports.v2 as wr
+    from wandb_workspaces.reports.v2 import internal
+
+    out = tmp_path / "spec.json"
+    assert main(["wandb-report", "me/lora/abc123", "--outputs", str(run_folder), "--spec", str(out)]) == 0
+    spec = json.loads(out.read_text(encoding="utf-8"))
+    assert spec["displayName"] == "Validation: abc123"
+    assert spec["project"] == {"name": "lora", "entityName": "me"}
+
+    run_filters = [
+        rs["filters"]["filters"]
+        for b in spec["spec"]["blocks"]
+        if b["type"] == "panel-grid"
+        for rs in b["metadata"]["runSets"]
+    ]
+    assert run_filters and all(
+        f == [{"key": {"section": "run", "name": "name"}, "op": "=", "value": "abc123", "disabled": False}]
+        for f in run_filters
+    )  # W&B's run id is the run's "name" in its filters
+
+    report = wr.Report._from_model(internal.ReportViewspec.model_validate(spec))
+    grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
+    assert all(not rs.project for g in grids for rs in g.runsets)  # the report's own project
+    panels = [p for g in grids for p in g.panels]
+    lines = [p for p in panels if isinstance(p, wr.LinePlot)]
+    assert {p.x.name for p in lines} == {"train/global_step"}
+    monitored = ["val/worsening/mean", "val/worsening/ci_low", "val/worsening/ci_high"]
+    assert [m.name for m in lines[0].y] == monitored
+    assert lines[0].line_marks == {
+        "abc123:val/worsening/ci_low": "dashed",
+        "abc123:val/worsening/ci_high": "dashed",
+    }
+    logged = {k for v in read_run(run_folder).series() for k in v.values}
+    deltas = [m.name for p in lines[1:] for m in p.y]
+    assert (
+        {"val/worsening/delta", "val/brightness/delta", "val/tag_accuracy/f1/delta"} <= set(deltas) <= logged
+    )
+    media = [p for p in panels if isinstance(p, wr.MediaBrowser)]
+    assert [p.media_keys for p in media] == [["val/images/red"], ["val/images/blue"]]
+    tables = [p for p in panels if isinstance(p, wr.WeavePanelSummaryTable)]
+    assert [t.table_name for t in tables] == ["val/samples"]
+
+
+def test_wandb_report_without_a_login_or_with_a_bad_run_path_is_a_clear_error(
+    run_folder, tmp_path, monkeypatch, capsys
+):
+    from sdcallbacks.report.wandb_report import RunPath
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["wandb-report", "me/lora/abc123", "--outputs", str(run_folder)]) == 2
+    assert (
+        "not logged in to W&B (wandb login, or WANDB_API_KEY); offline, write --spec FILE"
+        in capsys.readouterr().err
+    )
+    assert (
+        main(["wandb-report", "me/abc123", "--outputs", str(run_folder), "--spec", str(tmp_path / "s")]) == 2
+    )
+    assert "run path 'me/abc123': expected ENTITY/PROJECT/RUN_ID" in capsys.readouterr().err
+    assert RunPath.parse("me/lora/runs/abc123/") == RunPath("me", "lora", "abc123")  # the run URL's path
+    assert not (tmp_path / "s").exists()

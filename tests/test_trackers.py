@@ -3,6 +3,7 @@ tracker, and failing trackers that never stop training."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -187,12 +188,58 @@ def test_a_tracker_that_raises_on_images_warns_once_and_the_others_and_the_files
     assert steps == [0, 2, 4]
 
 
-def test_no_tracker_at_all_is_reported_once(tmp_path, tagger_dir, tiny_modules, caplog):
+def test_no_tracker_at_all_is_reported_once_with_the_installs_that_bring_them(
+    tmp_path, tagger_dir, tiny_modules, caplog, monkeypatch
+):
+    monkeypatch.setattr("sys.argv", ["train.py"])
     cb = ValidationCallback.from_config(config(tmp_path, tagger_dir), accelerator=AcceleratorStub())
     with caplog.at_level(logging.WARNING, logger="sdcallbacks"):
         start(cb, tiny_modules)
         cb.on_step_end(2)
     assert caplog.text.count("the accelerator has no trackers") == 1
+    assert "not installed here: aim (pip install aim), clearml (pip install clearml)" in caplog.text
+    assert "tensorboard (pip" not in caplog.text  # installed with [dev]
+
+
+@pytest.mark.parametrize(
+    "argv, log_with",
+    [
+        (["train_dreambooth_lora.py", "--report_to", "comet_ml"], "comet_ml"),  # diffusers' scripts
+        (["train_network.py", "--log_with=tensorboard,aim"], ["tensorboard", "aim"]),  # sd-scripts
+    ],
+)
+def test_a_tracker_accelerate_dropped_for_its_missing_package_is_named_with_its_pip_install(
+    argv, log_with, tmp_path, tagger_dir, tiny_modules, caplog, monkeypatch
+):
+    """accelerate's real Accelerator drops comet_ml / aim (not installed with [dev]) with a debug line; the
+    callback names the tracker and its ``pip install``, once, and the run goes on with what is left."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    monkeypatch.setattr("sys.argv", argv)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    with pytest.warns(UserWarning) if log_with == "comet_ml" else contextlib.nullcontext():
+        accelerator = Accelerator(cpu=True, log_with=log_with, project_dir=str(tmp_path / "logs"))
+    accelerator.init_trackers("lora")
+    cb = ValidationCallback.from_config(config(tmp_path, tagger_dir), accelerator=accelerator)
+    with caplog.at_level(logging.WARNING, logger="sdcallbacks"):
+        start(cb, tiny_modules)
+        for step in (1, 2, 3, 4):
+            cb.on_step_end(step)
+    accelerator.end_training()
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    missing = "comet_ml (pip install comet-ml)" if log_with == "comet_ml" else "aim (pip install aim)"
+    assert caplog.text.count(f"install {missing}") == 1, caplog.text
+    assert "the accelerator has no trackers" not in caplog.text
+    assert (tmp_path / "out" / "samples" / "step_0000004" / "grid.png").is_file()
+    if log_with != "comet_ml":  # tensorboard, installed, still gets every validation
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(tmp_path / "logs" / "lora"))
+        events.Reload()
+        assert [e.step for e in events.Scalars("val/tag_accuracy/mean")] == [0, 2, 4]
 
 
 def test_a_resumed_script_logs_into_the_same_wandb_run_at_its_own_steps(
@@ -356,6 +403,26 @@ def test_accelerates_real_tensorboard_tracker_read_back_with_tensorboard(tmp_pat
             expected = prompt_grids(cb.validation.jobs, [Image.open(r["image_path"]) for r in drawn])[prompt]
             decoded = Image.open(io.BytesIO(event.encoded_image_string))
             assert np.array_equal(np.asarray(decoded.convert("RGB")), np.asarray(expected.convert("RGB")))
+
+    # HParams: the callback's config in the run's own folder, with the monitored key as metric, beside the
+    # session accelerate's init_trackers(config=...) wrote for the script's own hyperparameters.
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.PluginTagToContent("hparams")
+    data = {tag: plugin_data_pb2.HParamsPluginData.FromString(raw) for tag, raw in content.items()}
+    experiment = data["_hparams_/experiment"].experiment
+    assert [m.name.tag for m in experiment.metric_infos] == ["val/tag_accuracy/mean"]
+    values = data["_hparams_/session_start_info"].session_start_info.hparams
+    assert values["sdcallbacks/monitor"].string_value == "val/tag_accuracy/mean"
+    assert values["sdcallbacks/schedule/every_n_steps"].number_value == 2
+    assert json.loads(values["sdcallbacks/prompts"].string_value)[1]["name"] == "blue"
+    (script_session,) = {p.parent for p in (tmp_path / "logs" / "lora").glob("*/events.out.tfevents.*")}
+    script = EventAccumulator(str(script_session))
+    script.Reload()
+    start_info = plugin_data_pb2.HParamsPluginData.FromString(
+        script.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    ).session_start_info
+    assert start_info.hparams["lr"].number_value == pytest.approx(1e-4)
 
 
 def _mlflow_accelerator(tmp_path, monkeypatch):

@@ -3,19 +3,28 @@
 Trackers come from ``accelerator.trackers`` (which exist on the main process only) and, if asked for,
 a W&B run (``trackers.wandb.create_run``) and a TensorBoard writer (``trackers.tensorboard_dir``) the
 callback creates itself. A tracker that raises (no API key, no network, a version quirk)
-gets one warning and is skipped from then on; local files are written regardless. A ``wandb`` tracker
-that accelerate silently dropped (its package missing) leaves no tracker at all: that is reported once.
+gets one warning and is skipped from then on; local files are written regardless. A tracker that accelerate
+dropped because its package is missing (silently, unless none is left) is reported once with the
+``pip install`` that brings it back (see :mod:`sdcallbacks.trackers.packages`).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from sdcallbacks.config.schema import TrackersConfig
 from sdcallbacks.trackers.base import TrackerAdapter, ValidationLog
 from sdcallbacks.trackers.mlflow import MlflowAdapter
+from sdcallbacks.trackers.packages import (
+    TRACKER_PACKAGES,
+    available_trackers,
+    install_hint,
+    missing_trackers,
+    requested_trackers,
+)
 from sdcallbacks.trackers.tensorboard import TensorBoardAdapter, TensorBoardWriter
 from sdcallbacks.trackers.wandb import WandbAdapter, create_run
 
@@ -61,11 +70,13 @@ class TrackerLogger:
             return []
         if self._adapters is None:
             self._adapters = []
-            for tracker in getattr(self.accelerator, "trackers", None) or []:
+            trackers = getattr(self.accelerator, "trackers", None) or []
+            self._report_missing_packages([tracker.name for tracker in trackers])
+            for tracker in trackers:
                 if tracker.name == "wandb":
                     self._adapters.append(WandbAdapter(tracker.tracker, self.config.wandb))
                 elif tracker.name == "tensorboard":
-                    self._adapters.append(TensorBoardAdapter(tracker))
+                    self._adapters.append(TensorBoardAdapter(tracker, run_config=self.run_config))
                 elif tracker.name == "mlflow":
                     self._adapters.append(MlflowAdapter(tracker))
                 else:
@@ -76,16 +87,32 @@ class TrackerLogger:
                 self._guard(adapter, "setup", adapter.setup, self.monitor, self.mode)
         return self._adapters
 
+    def _report_missing_packages(self, present: list[str]) -> None:
+        self._missing_reported = False
+        if self.accelerator is None:
+            return
+        missing = missing_trackers(requested_trackers(sys.argv), present)
+        if missing:
+            logger.warning(
+                "sdcallbacks: the command line asks for tracker %s but accelerate left it out, its package "
+                "is not installed; install %s. Logging to the other trackers and local files",
+                ", ".join(missing),
+                install_hint(missing),
+            )
+            self._missing_reported = True
+
     def _create_wandb_run(self) -> None:
         assert self._adapters is not None
         if any(a.name == "wandb" for a in self._adapters):
             return
         if not self.config.wandb.create_run:
-            if not self._adapters:
+            if not self._adapters and not self._missing_reported:
                 # accelerate drops a requested tracker whose package is missing without an error.
+                absent = sorted(set(TRACKER_PACKAGES) - available_trackers()) if self.accelerator else []
                 logger.warning(
                     "sdcallbacks: the accelerator has no trackers (init_trackers not called, or the package "
-                    "of a log_with tracker is not installed); logging to local files only"
+                    "of every log_with tracker is missing%s); logging to local files only",
+                    f"; not installed here: {install_hint(absent)}" if absent else "",
                 )
             return
         try:
@@ -113,7 +140,7 @@ class TrackerLogger:
                 err,
             )
             return
-        self._adapters.append(TensorBoardAdapter(writer, owns_writer=True))
+        self._adapters.append(TensorBoardAdapter(writer, owns_writer=True, run_config=self.run_config))
 
     def _guard(self, adapter: TrackerAdapter, what: str, fn: Callable[..., Any], *args: Any) -> None:
         try:
