@@ -111,3 +111,15 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "tiny_world" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def fake_save(monkeypatch):
+    """Checkpoint bookkeeping without real weights: each save writes a marker file."""
+    from sdcallbacks.selection import checkpoint
+
+    def save(weights, folder):
+        folder.mkdir(parents=True)
+        (folder / "weights").write_text(str(weights))
+
+    monkeypatch.setattr(checkpoint, "save_weights", save)

@@ -26,17 +26,6 @@ from tests.helpers import Scripted
 NAN = math.nan
 
 
-@pytest.fixture
-def fake_save(monkeypatch):
-    """Top-k semantics without writing real weights: each save writes a marker file."""
-
-    def save(modules, folder):
-        folder.mkdir(parents=True)
-        (folder / "weights").write_text(str(modules))
-
-    monkeypatch.setattr(checkpoint_module, "save_weights", save)
-
-
 @pytest.mark.parametrize(
     ("scores", "mode", "k", "kept", "best"),
     [
@@ -155,6 +144,34 @@ def _config(tmp_path, tagger_dir, **overrides):
             "restore_best_at_end loads the best checkpoint",
         ),
         ({"score": {"tag_accuracy": 1.0}, "sampling": {"baseline": False}}, "set sampling.baseline: true"),
+        # gates, events, Pareto front (tests/test_gates_events.py)
+        ({"gates": ["identity/mean >= 0.5"]}, "gates[0]: no enabled metric logs 'val/identity/mean'"),
+        (
+            {"gates": ["tag_accuracy/mean >= 0.9 * baseline"], "sampling": {"baseline": False}},
+            "'tag_accuracy/mean >= 0.9 * baseline' is relative to the baseline validation",
+        ),
+        ({"gates": ["tag_accuracy/mean => 0.5"]}, "gates: Value error, 'tag_accuracy/mean => 0.5': expected"),
+        (
+            {"events": {"copy": {"when": "identity/copy/mean > 0.9"}}},
+            "events.copy: no enabled metric logs 'val/identity/copy/mean'",
+        ),
+        ({"events": {"x": {"upturn": "val_loss", "when": "a > 1"}}}, "set exactly one of when"),
+        (
+            {"events": {"x": {"when": "tag_accuracy/mean < 0.5", "prompts": ["nope"]}}},
+            "events.x.prompts: ['nope'] are not prompt names: ['red']",
+        ),
+        (
+            {"early_stopping": {"on_events": ["collapse"]}},
+            "early_stopping.on_events: ['collapse'] not among events: []",
+        ),
+        (
+            {"pareto": {"keys": {"tag_accuracy/mean": "max"}}},
+            "pareto.keys: Dictionary should have at least 2",
+        ),
+        (
+            {"pareto": {"keys": {"tag_accuracy/mean": "max", "clip_score/mean": "max"}}},
+            "pareto.keys.val/clip_score/mean: no enabled metric logs",
+        ),
     ],
 )
 def test_bad_selection_settings_are_located_config_errors(tmp_path, tagger_dir, overrides, message):

@@ -13,6 +13,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, PrivateAttr, field_valid
 
 from sdcallbacks.config.base import ImageSide, Seed, StrictModel
 from sdcallbacks.config.metrics import MetricsConfig
+from sdcallbacks.config.rules import ThresholdRule
 
 
 class PromptDefaults(StrictModel):
@@ -120,6 +121,70 @@ class EarlyStoppingConfig(StrictModel):
     restore_best_at_end: bool = Field(
         False, description="Load the best checkpoint's weights back into the model in on_train_end."
     )
+    on_events: list[str] = Field(
+        default_factory=list, description="Names of events (events:) that stop training when they fire."
+    )
+    check_ineligible: bool = Field(
+        True,
+        description="A validation that fails a gate still counts for early stopping (its monitored value "
+        "is checked); false: early stopping skips it, as if it had not run.",
+    )
+
+
+def _rule(text: str) -> str:
+    ThresholdRule.parse(text)  # a ValueError quoting the rule
+    return text
+
+
+class EventRule(StrictModel):
+    """An overfitting signal, logged as ``val/events/<name>`` (1 while it holds) and, the first time, as an
+    event line with its step. Exactly one of ``when`` and ``upturn``.
+
+    ``when``: a threshold rule (``identity/copy/mean > 0.9``, ``diversity/mean < 0.8 * baseline``). With
+    ``prompts`` or ``prompts_without`` its key's value is the mean of the per-prompt means
+    (``<key>/prompt/<name>``) of those prompts only: the prompts named, or those whose text lacks the
+    word (a trigger word: the CLIP-T of prompts without it falls when a LoRA leaks into them).
+    ``upturn``: a key whose moving mean over ``window`` validations rises more than ``min_delta`` above
+    its lowest moving mean so far (``mode: min``, e.g. ``val_loss``), or falls below its highest (``max``).
+    """
+
+    when: str | None = None
+    prompts: list[str] | None = None
+    prompts_without: str | None = None
+    upturn: str | None = None
+    window: PositiveInt = 3
+    mode: Literal["min", "max"] = "min"
+    min_delta: float = Field(0.0, ge=0.0)
+
+    _check_when = field_validator("when")(lambda v: v if v is None else _rule(v))
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> EventRule:
+        if (self.when is None) == (self.upturn is None):
+            raise ValueError("set exactly one of when (a threshold rule) and upturn (a key)")
+        if (self.prompts is not None or self.prompts_without is not None) and self.when is None:
+            raise ValueError("prompts / prompts_without select the prompts of a when rule")
+        if self.prompts is not None and self.prompts_without is not None:
+            raise ValueError("set prompts or prompts_without, not both")
+        return self
+
+    @property
+    def key(self) -> str:
+        if self.when is not None:
+            return ThresholdRule.parse(self.when).key
+        assert self.upturn is not None
+        return self.upturn if self.upturn.startswith("val/") else f"val/{self.upturn}"
+
+
+class ParetoConfig(StrictModel):
+    """Keep the non-dominated validations over two or more keys (each with its direction)."""
+
+    keys: dict[str, Literal["min", "max"]] = Field(..., min_length=2)
+
+    @field_validator("keys")
+    @classmethod
+    def _prefixed(cls, keys: dict[str, str]) -> dict[str, str]:
+        return {k if k.startswith("val/") else f"val/{k}": v for k, v in keys.items()}
 
 
 class ScoreTerm(StrictModel):
@@ -215,6 +280,16 @@ class RunConfig(StrictModel):
     )
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig | None = None
+    gates: list[str] = Field(
+        default_factory=list,
+        description="Rules a validation must meet to be eligible for best and top-k, e.g. "
+        "'identity/mean >= 0.5', 'diversity/mean >= 0.8 * baseline', "
+        "'aesthetic_laion/mean >= baseline - 0.2'.",
+    )
+    events: dict[str, EventRule] = Field(
+        default_factory=dict, description="Overfitting signals by name (see EventRule)."
+    )
+    pareto: ParetoConfig | None = None
     trackers: TrackersConfig = Field(default_factory=TrackersConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     on_error: Literal["warn", "raise"] = "warn"
@@ -229,7 +304,18 @@ class RunConfig(StrictModel):
             raise ValueError(
                 "score standardises against the baseline validation: set sampling.baseline: true"
             )
+        relative = [g for g in self.gates if ThresholdRule.parse(g).needs_baseline]
+        relative += [
+            e.when for e in self.events.values() if e.when and ThresholdRule.parse(e.when).needs_baseline
+        ]
+        if relative and not self.sampling.baseline:
+            raise ValueError(
+                f"{relative[0]!r} is relative to the baseline validation: set sampling.baseline: true"
+            )
         es = self.early_stopping
+        unknown = [name for name in (es.on_events if es else []) if name not in self.events]
+        if unknown:
+            raise ValueError(f"early_stopping.on_events: {unknown} not among events: {sorted(self.events)}")
         if (
             es is not None
             and es.restore_best_at_end
@@ -245,6 +331,14 @@ class RunConfig(StrictModel):
     def source(self) -> Path | None:
         """The config file this was loaded from, if any."""
         return self._source
+
+    @field_validator("gates")
+    @classmethod
+    def _gate_rules(cls, gates: list[str]) -> list[str]:
+        return [_rule(g) for g in gates]
+
+    def gate_rules(self) -> list[ThresholdRule]:
+        return [ThresholdRule.parse(g) for g in self.gates]
 
     def score_terms(self) -> dict[str, ScoreTerm]:
         return {k: v if isinstance(v, ScoreTerm) else ScoreTerm(weight=v) for k, v in self.score.items()}

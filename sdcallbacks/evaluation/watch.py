@@ -94,7 +94,9 @@ class Watcher:
 
     def poll(self) -> list[ScoredModel]:
         """One look at the folder: score every entry that has become complete since the last look."""
-        self.evaluator.base_model()
+        base = self.evaluator.base_model()
+        if self.selection is not None and self.selection.baseline is None:
+            self.selection.set_baseline(base.values)  # relative gates and events compare with it
         ready = []
         entries = sorted(self.folder.iterdir()) if self.folder.is_dir() else []
         for path in entries:

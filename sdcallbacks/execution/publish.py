@@ -57,9 +57,17 @@ class Publisher:
             self.trackers.log_scalars(values, step)
 
     def publish_decision(self, decision: Decision, selection: Selection, step: int) -> None:
-        """The run summary (best score, step, path; stopping reason) and a new best checkpoint."""
+        """The decision's own scalars (gates, events, Pareto) and events, the run summary (best score,
+        step, path; stopping reason; event steps) and a new best checkpoint."""
         with self._lock:
             summary = selection.summary()
+            if decision.scalars:  # gates, events, Pareto front: at the validated step
+                self.writer.append_decision(step, decision.scalars)
+                self.trackers.log_scalars(decision.scalars, step)
+            if decision.ineligible:
+                self.writer.append_event(step, "ineligible", gates=list(decision.ineligible))
+            for event in decision.fired:
+                self.writer.append_event(step, "overfitting", name=event.name, description=event.description)
             # The best step so far and any stop, for readers of the files (``sdcallbacks report``).
             self.writer.append_event(step, "selection", **summary)
             self.trackers.set_summary(summary)

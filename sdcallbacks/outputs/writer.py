@@ -4,7 +4,8 @@ Per validation: ``<output_dir>/samples/step_<step>[_<variant>]/`` with ``grid.pn
 ``<output_dir>/metrics.jsonl``: one ``{"type": "image", ...}`` record per image and one
 ``{"type": "aggregate", ...}`` record per validation, each appended and flushed (and fsynced) at once, so
 a crash loses nothing already scored. ``val_loss`` measured between validations
-(``val_loss.every_n_steps``) is a ``{"type": "loss", ...}`` record. Only the main process writes.
+(``val_loss.every_n_steps``) is a ``{"type": "loss", ...}`` record; what selection made of a validation
+(gates, events, Pareto front) a ``{"type": "decision", ...}`` one. Only the main process writes.
 """
 
 from __future__ import annotations
@@ -130,6 +131,11 @@ class OutputWriter:
     def append_event(self, step: int, event: str, **data: Any) -> None:
         """Something that happened at ``step`` besides scores (``sdcallbacks watch``'s ``early_stop``)."""
         self._append({"type": "event", "step": step, "event": event, **data})
+
+    def append_decision(self, step: int, values: dict[str, float]) -> None:
+        """What the selection made of a validation: ``val/gates/eligible``, ``val/events/<name>``,
+        ``val/pareto/...`` (logged beside the validation's aggregates, at its step)."""
+        self._append({"type": "decision", "step": step, "variant": "model", "values": values})
 
     def append_loss(self, step: int, values: dict[str, float]) -> None:
         """``val_loss`` of the model's weights measured between validations (no images)."""

@@ -33,7 +33,7 @@ _STAGING = re.compile(r"\.(tmp|old)-[0-9a-f]{32}")
 _CHECKPOINT = re.compile(r"step_\d+|last")
 
 
-def _atomic_write(weights: TrainingModules | WeightsWriter, final: Path) -> None:
+def atomic_write(weights: TrainingModules | WeightsWriter, final: Path) -> None:
     staging = final.parent / f".tmp-{uuid.uuid4().hex}"  # names matched by _STAGING
     previous = final.parent / f".old-{uuid.uuid4().hex}"
     try:
@@ -104,15 +104,18 @@ class ModelCheckpoint:
             return True
         return self._better(score, self.best_k_models[self.kth_best_model_path])
 
-    def update(self, score: float, step: int, modules: TrainingModules | WeightsWriter) -> bool:
+    def update(
+        self, score: float, step: int, modules: TrainingModules | WeightsWriter, eligible: bool = True
+    ) -> bool:
         """Record one validation's ``score`` at ``step``; save what the settings ask for (from the live
-        ``modules`` or a snapshot of the step's weights). Returns whether it became the new best."""
+        ``modules`` or a snapshot of the step's weights). Returns whether it became the new best. An
+        ineligible validation (a gate failed) never enters the top k; ``save_last`` still keeps it."""
         score = float(score)
         was_best = self.best_model_path
-        if self._enters_top_k(score):
+        if eligible and self._enters_top_k(score):
             self.dirpath.mkdir(parents=True, exist_ok=True)
             path = self.dirpath / f"step_{step:07d}"
-            _atomic_write(modules, path)
+            atomic_write(modules, path)
             self.best_k_models[str(path)] = score
             self.steps[str(path)] = step
             if self.save_top_k > 0 and len(self.best_k_models) > self.save_top_k:
@@ -124,7 +127,7 @@ class ModelCheckpoint:
                     self.best_model_path = p
         if self.save_last:
             self.dirpath.mkdir(parents=True, exist_ok=True)
-            _atomic_write(modules, self.dirpath / "last")
+            atomic_write(modules, self.dirpath / "last")
             self.last_model_path = str(self.dirpath / "last")
         return self.best_model_path is not None and self.best_model_path != was_best
 

@@ -1,7 +1,8 @@
 """Checks of a run config as a whole, before training starts (``from_config`` and ``check-config``).
 
 Pydantic validates each field on its own; these need the files and the metrics: every path of the metric
-sections (:mod:`sdcallbacks.metrics.checks`), a ``monitor`` that no enabled metric logs, ``score`` weights
+sections (:mod:`sdcallbacks.metrics.checks`), a ``monitor`` (or a key of a gate, an event or the Pareto
+front) that no enabled metric logs, event prompts that do not exist, ``score`` weights
 for metrics that are not enabled (or that have no per-image spread to standardise), and output folders that
 cannot be written. Each problem names its key, so the error reads like the other config errors.
 """
@@ -48,20 +49,26 @@ def config_problems(config: RunConfig, metrics: list[Metric]) -> list[str]:
                 f"score.{key}: {key!r} is one value per validation (no per-image spread to standardise "
                 "against); monitor it directly instead"
             )
-    if config.monitor is not None:
-        names = [p.name for p in load_prompts(config)]
-        loss = config.metrics.val_loss
-        loss_keys = ValidationLoss(loss).output_keys() if loss is not None else []
-        keys = expected_keys(
-            metrics, names, planned_variants(config.sampling.ema), loss_keys, list(config.score)
-        )
-        if config.monitor not in keys:
-            spread = ("std", "n", "skipped", "ci_low", "ci_high")
-            main = [k for k in keys if "/prompt/" not in k and k.rsplit("/", 1)[-1] not in spread]
-            problems.append(
-                f"monitor: no enabled metric logs {config.monitor!r}; keys a validation logs: {main} "
-                "(and <key>/std, /n, /skipped, /ci_low, /ci_high, /prompt/<name>)"
-            )
+    names = [p.name for p in load_prompts(config)]
+    loss = config.metrics.val_loss
+    loss_keys = ValidationLoss(loss).output_keys() if loss is not None else []
+    keys = expected_keys(metrics, names, planned_variants(config.sampling.ema), loss_keys, list(config.score))
+    spread = ("std", "n", "skipped", "ci_low", "ci_high")
+    main = [k for k in keys if "/prompt/" not in k and k.rsplit("/", 1)[-1] not in spread]
+    logged = (
+        f"keys a validation logs: {main} (and <key>/std, /n, /skipped, /ci_low, /ci_high, /prompt/<name>)"
+    )
+    wanted = {"monitor": config.monitor} if config.monitor is not None else {}
+    wanted.update({f"gates[{i}]": rule.key for i, rule in enumerate(config.gate_rules())})
+    wanted.update({f"events.{name}": rule.key for name, rule in config.events.items()})
+    wanted.update({f"pareto.keys.{key}": key for key in (config.pareto.keys if config.pareto else {})})
+    for where, key in wanted.items():
+        if key not in keys:
+            problems.append(f"{where}: no enabled metric logs {key!r}; {logged}")
+    for name, rule in config.events.items():
+        unknown = [p for p in rule.prompts or [] if p not in names]
+        if unknown:
+            problems.append(f"events.{name}.prompts: {unknown} are not prompt names: {names}")
     folders = {"output_dir": config.output_dir}
     if config.monitor is not None and config.checkpoint.enabled:
         folders["checkpoint.dirpath"] = config.checkpoint.dirpath or config.output_dir / "checkpoints"

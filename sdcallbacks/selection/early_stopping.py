@@ -32,6 +32,7 @@ class StoppingReason(str, Enum):
     DIVERGENCE_THRESHOLD = "divergence_threshold"
     PATIENCE_EXHAUSTED = "patience_exhausted"
     NON_FINITE_METRIC = "non_finite_metric"
+    EVENT = "event"  # an overfitting event named in early_stopping.on_events fired
 
 
 class EarlyStopping:
@@ -93,6 +94,10 @@ class EarlyStopping:
                 f"in {self.wait_count} validations; best {self.best_score:.6g}",
             )
         return False
+
+    def stop_on_event(self, name: str, description: str) -> bool:
+        """Stop for an overfitting event (``early_stopping.on_events``), whatever the monitored value."""
+        return self._stop(StoppingReason.EVENT, f"event {name!r} fired: {description}")
 
     def _stop(self, reason: StoppingReason, message: str) -> bool:
         self.stopped = True

@@ -8,18 +8,28 @@ object's state, so every process acts on the same one.
 A validation that did not log the monitored key (its metric failed, or every image was skipped) is an
 error listing the keys it did log when ``early_stopping.strict`` is on (the default; Lightning's
 ``strict``), and otherwise a warning with no check: patience is not counted for it.
+
+Before the monitored value is looked at, the validation meets the ``gates`` (:mod:`.gates`: a validation
+failing one never becomes best or enters the top k), the overfitting ``events`` are checked
+(:mod:`.events`: one named in ``early_stopping.on_events`` stops training) and an eligible validation is
+offered to the ``pareto`` front (:mod:`.pareto`). Relative gates and events read the baseline validation,
+which passes through :meth:`Selection.decide` first and is kept (also for resume).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sdcallbacks.config.schema import RunConfig
+from sdcallbacks.prompts.library import load_prompts
 from sdcallbacks.sampling.modules import TrainingModules
 from sdcallbacks.selection.checkpoint import ModelCheckpoint
 from sdcallbacks.selection.early_stopping import EarlyStopping, StoppingReason
+from sdcallbacks.selection.events import Fired, OverfittingEvents
+from sdcallbacks.selection.gates import Gates
+from sdcallbacks.selection.pareto import ParetoFront
 from sdcallbacks.selection.snapshots import WeightsWriter, load_weights
 from sdcallbacks.validation.result import ValidationResult
 
@@ -32,6 +42,9 @@ class Decision:
     new_best: bool = False
     best_model_path: str | None = None
     stopping_reason: str = StoppingReason.NOT_STOPPED.value
+    ineligible: tuple[str, ...] = ()  # the gates this validation failed
+    fired: tuple[Fired, ...] = ()  # events that held for the first time
+    scalars: dict[str, float] = field(default_factory=dict)  # val/gates/..., val/events/..., val/pareto/...
 
 
 class MonitorMissingError(RuntimeError):
@@ -71,25 +84,55 @@ class Selection:
         )
         self.strict = es.strict if es is not None else True
         self.restore_best_at_end = es.restore_best_at_end if es is not None else False
+        self.on_events = list(es.on_events) if es is not None else []
+        self.check_ineligible = es.check_ineligible if es is not None else True
+        self.gates = Gates(config.gate_rules())
+        self.events = OverfittingEvents(config.events, load_prompts(config) if config.events else [])
+        pareto_dir = (ck.dirpath or config.output_dir / "checkpoints") / "pareto" if ck.enabled else None
+        self.pareto = ParetoFront(config.pareto.keys, pareto_dir) if config.pareto else None
+        self.baseline: dict[str, float] | None = None  # the baseline validation's values
         self.monitored: list[tuple[int, float]] = []  # (step, monitored value) of each decision
 
+    def set_baseline(self, values: dict[str, float]) -> None:
+        """The base model's values, which relative gates and events compare with."""
+        self.baseline = dict(values)
+
     def decide(self, result: ValidationResult, weights: TrainingModules | WeightsWriter) -> Decision:
-        """Keep ``weights`` if ``result`` is among the best, and say whether to stop."""
+        """Keep ``weights`` if ``result`` is eligible and among the best, and say whether to stop."""
+        if result.baseline and result.variants:
+            self.set_baseline(result.variants[0].values)
         monitored = result.monitored
-        if self.monitor is None or monitored is None:
+        if monitored is None:
             return Decision()
         step, values = result.step, monitored.values
+        ineligible = tuple(self.gates.failures(values, self.baseline))
+        scalars, fired = self.events.check(step, values, self.baseline)
+        if self.gates.rules:
+            scalars["val/gates/eligible"] = 0.0 if ineligible else 1.0
+            if ineligible:
+                logger.warning(
+                    "sdcallbacks: step %d is not eligible for best: %s", step, "; ".join(ineligible)
+                )
+        for event in fired:
+            logger.warning("sdcallbacks: event %r at step %d: %s", event.name, step, event.description)
+        if self.pareto is not None:
+            if not ineligible:
+                self.pareto.update(step, values, weights)
+            scalars.update(self.pareto.scalars(step))
+        checked = Decision(ineligible=ineligible, fired=tuple(fired), scalars=scalars)
+        if self.monitor is None:
+            return checked
         if self.monitor not in values:
             message = f"monitor {self.monitor!r} was not logged at step {step}; logged keys: {sorted(values)}"
             if self.strict:
                 raise MonitorMissingError(message)
             logger.warning("sdcallbacks: %s (early_stopping.strict is off: no check this time)", message)
-            return Decision()
+            return checked
         score = float(values[self.monitor])
         self.monitored.append((step, score))
         new_best = False
         if self.checkpoint is not None:
-            new_best = self.checkpoint.update(score, step, weights)
+            new_best = self.checkpoint.update(score, step, weights, eligible=not ineligible)
             if new_best:
                 logger.info(
                     "sdcallbacks: new best %s = %.6g at step %d -> %s",
@@ -98,7 +141,11 @@ class Selection:
                     step,
                     self.checkpoint.best_model_path,
                 )
-        stop = self.early_stopping is not None and self.early_stopping.check(score)
+        es = self.early_stopping
+        stop = es is not None and (self.check_ineligible or not ineligible) and es.check(score)
+        stopping_event = next((e for e in fired if e.name in self.on_events), None)
+        if es is not None and not stop and stopping_event is not None:
+            stop = es.stop_on_event(stopping_event.name, stopping_event.description)
         if stop:
             logger.warning(
                 "sdcallbacks: early stop at step %d: %s", step, self.early_stopping.stopping_message
@@ -108,6 +155,9 @@ class Selection:
             new_best=new_best,
             best_model_path=self.best_model_path,
             stopping_reason=self.stopping_reason,
+            ineligible=ineligible,
+            fired=tuple(fired),
+            scalars=scalars,
         )
 
     @property
@@ -128,12 +178,16 @@ class Selection:
         return es.stopping_reason.value if es else StoppingReason.NOT_STOPPED.value
 
     def summary(self) -> dict[str, Any]:
-        """Run-summary values: ``best/<monitor>``, ``best/step``, ``best/path``, ``early_stop/reason``."""
+        """Run-summary values: ``best/<monitor>``, ``best/step``, ``best/path``, ``early_stop/reason``; the
+        step of each event that fired (``events/<name>/step``) and the Pareto front's steps."""
         out: dict[str, Any] = {"early_stop/reason": self.stopping_reason}
         if self.best_model_score is not None:
             out[f"best/{self.monitor}"] = self.best_model_score
             out["best/step"] = self.best_step
             out["best/path"] = self.best_model_path
+        out.update(self.events.summary())
+        if self.pareto is not None:
+            out.update(self.pareto.summary())
         return out
 
     def restore_best(self, modules: TrainingModules, path: str | None = None) -> str | None:
@@ -150,6 +204,9 @@ class Selection:
             "checkpoint": self.checkpoint.state_dict() if self.checkpoint else None,
             "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
             "monitored": list(self.monitored),
+            "baseline": self.baseline,
+            "events": self.events.state_dict(),
+            "pareto": self.pareto.state_dict() if self.pareto else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -159,3 +216,8 @@ class Selection:
             self.early_stopping.load_state_dict(state["early_stopping"])
         monitored = state.get("monitored", state.get("history", []))  # "history" before 0.1's renames
         self.monitored = [tuple(item) for item in monitored]
+        if state.get("baseline") is not None:
+            self.baseline = dict(state["baseline"])
+        self.events.load_state_dict(state.get("events") or {})
+        if self.pareto and state.get("pareto"):
+            self.pareto.load_state_dict(state["pareto"])
