@@ -79,6 +79,30 @@ class SamplingConfig(StrictModel):
     batch_size: PositiveInt = 4
     ema: Literal["none", "ema", "both"] = "none"
     baseline: bool = Field(True, description="Validate the base model (LoRA disabled) before training.")
+    lora_scales: list[float] = Field(
+        default_factory=list,
+        description="Also validate at these LoRA scales (peft's scaling; no reload), each logged as "
+        "val/scale_<s>/...; the model at 1.0 is always drawn first, logged as val/... .",
+    )
+    best_of_scales: bool = Field(
+        False,
+        description="Selection takes the monitored key's best value over 1.0 and lora_scales; the scale it "
+        "came from is logged (val/lora_scale/best) and recorded with the checkpoint. Otherwise the monitor "
+        "key decides (val/scale_<s>/... for a fixed scale).",
+    )
+
+    @field_validator("lora_scales")
+    @classmethod
+    def _scales(cls, scales: list[float]) -> list[float]:
+        if any(s < 0 for s in scales):
+            raise ValueError(f"LoRA scales are >= 0, got {scales}")
+        return list(dict.fromkeys(float(s) for s in scales if s != 1.0))  # 1.0 is the model itself
+
+    @model_validator(mode="after")
+    def _best_of_scales(self) -> SamplingConfig:
+        if self.best_of_scales and not self.lora_scales:
+            raise ValueError("best_of_scales needs lora_scales other than 1.0")
+        return self
 
 
 class ScheduleConfig(StrictModel):

@@ -18,6 +18,7 @@ from sdcallbacks.sampling.families import Family
 from sdcallbacks.sampling.modules import TrainingModules
 from sdcallbacks.sampling.pipeline import scheduler_problem
 from sdcallbacks.sampling.sampler import ValidationSampler
+from sdcallbacks.sampling.variants import lora_layers
 from sdcallbacks.selection.checks import check_config
 from sdcallbacks.selection.selection import Selection
 from sdcallbacks.trackers import TrackerLogger
@@ -69,6 +70,7 @@ def build_validation(
         metrics,
         val_loss=ValidationLoss(config.metrics.val_loss) if config.metrics.val_loss else None,
         ema=config.sampling.ema,
+        lora_scales=config.sampling.lora_scales,
         score_weights=weights,
         on_error=config.on_error,
         backbones=backbones,
@@ -79,7 +81,8 @@ def family_problems(
     config: RunConfig, family: Family, modules: TrainingModules, validation: Validation
 ) -> list[str]:
     """What of ``config`` the modules' family cannot do (raised before training): a sampler of another
-    kind of model, an image side its latents cannot take, a ``val_loss`` it cannot compute."""
+    kind of model, an image side its latents cannot take, a ``val_loss`` it cannot compute, LoRA scales
+    without a LoRA."""
     problems = [p for p in [scheduler_problem(family, config.sampling.scheduler)] if p]
     factor = family.size_factor(modules)
     sizes = {(job.prompt.name, job.prompt.width, job.prompt.height) for job in validation.jobs}
@@ -92,6 +95,11 @@ def family_problems(
     loss = validation.val_loss
     if loss is not None and (problem := loss.unsupported(modules, family)) is not None:
         problems.append(problem)
+    if config.sampling.lora_scales and not lora_layers(modules):
+        problems.append(
+            f"sampling.lora_scales: {config.sampling.lora_scales} scale LoRA adapters, but the modules given "
+            "to on_train_start carry none (a full fine-tune has no adapter scale)"
+        )
     return problems
 
 

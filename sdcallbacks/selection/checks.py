@@ -52,7 +52,8 @@ def config_problems(config: RunConfig, metrics: list[Metric]) -> list[str]:
     names = [p.name for p in load_prompts(config)]
     loss = config.metrics.val_loss
     loss_keys = ValidationLoss(loss).output_keys() if loss is not None else []
-    keys = expected_keys(metrics, names, planned_variants(config.sampling.ema), loss_keys, list(config.score))
+    variants = planned_variants(config.sampling.ema, lora_scales=config.sampling.lora_scales)
+    keys = expected_keys(metrics, names, variants, loss_keys, list(config.score))
     spread = ("std", "n", "skipped", "ci_low", "ci_high")
     main = [k for k in keys if "/prompt/" not in k and k.rsplit("/", 1)[-1] not in spread]
     logged = (

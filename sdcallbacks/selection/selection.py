@@ -14,17 +14,26 @@ failing one never becomes best or enters the top k), the overfitting ``events`` 
 (:mod:`.events`: one named in ``early_stopping.on_events`` stops training) and an eligible validation is
 offered to the ``pareto`` front (:mod:`.pareto`). Relative gates and events read the baseline validation,
 which passes through :meth:`Selection.decide` first and is kept (also for resume).
+
+With ``sampling.best_of_scales`` the monitored value is the best of the monitored key at scale 1.0 and at
+each of ``sampling.lora_scales`` (``val/scale_<s>/...``; ties go to the earlier, 1.0 first); the scale
+is logged (``val/lora_scale/best``), kept per step, written beside a kept checkpoint's weights
+(``lora_scale.json``) and reported as ``best/lora_scale``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sdcallbacks.config.schema import RunConfig
 from sdcallbacks.prompts.library import load_prompts
 from sdcallbacks.sampling.modules import TrainingModules
+from sdcallbacks.sampling.variants import scale_variant
 from sdcallbacks.selection.checkpoint import ModelCheckpoint
 from sdcallbacks.selection.early_stopping import EarlyStopping, StoppingReason
 from sdcallbacks.selection.events import Fired, OverfittingEvents
@@ -91,6 +100,9 @@ class Selection:
         pareto_dir = (ck.dirpath or config.output_dir / "checkpoints") / "pareto" if ck.enabled else None
         self.pareto = ParetoFront(config.pareto.keys, pareto_dir) if config.pareto else None
         self.baseline: dict[str, float] | None = None  # the baseline validation's values
+        sampling = config.sampling
+        self.scales = [1.0, *sampling.lora_scales] if sampling.best_of_scales else []
+        self.scale_at: dict[int, float] = {}  # step -> the LoRA scale its monitored value came from
         self.monitored: list[tuple[int, float]] = []  # (step, monitored value) of each decision
 
     def set_baseline(self, values: dict[str, float]) -> None:
@@ -129,10 +141,15 @@ class Selection:
             logger.warning("sdcallbacks: %s (early_stopping.strict is off: no check this time)", message)
             return checked
         score = float(values[self.monitor])
+        if self.scales:
+            score, scale = self._best_of_scales(score, result.values)
+            self.scale_at[step] = scale
+            scalars["val/lora_scale/best"] = scale
         self.monitored.append((step, score))
         new_best = False
         if self.checkpoint is not None:
             new_best = self.checkpoint.update(score, step, weights, eligible=not ineligible)
+            self._record_scale(step)
             if new_best:
                 logger.info(
                     "sdcallbacks: new best %s = %.6g at step %d -> %s",
@@ -160,6 +177,26 @@ class Selection:
             scalars=scalars,
         )
 
+    def _best_of_scales(self, at_one: float, values: dict[str, float]) -> tuple[float, float]:
+        assert self.monitor is not None
+        best, best_scale = at_one, 1.0
+        for scale in self.scales[1:]:
+            value = values.get(self.monitor.replace("val/", f"val/{scale_variant(scale)}/", 1))
+            if value is None or not math.isfinite(value):
+                continue
+            if not math.isfinite(best) or (value > best if self.mode == "max" else value < best):
+                best, best_scale = float(value), scale
+        return best, best_scale
+
+    def _record_scale(self, step: int) -> None:
+        """``lora_scale.json`` beside the weights of a kept checkpoint of ``step``."""
+        if not self.scales or self.checkpoint is None:
+            return
+        for path, kept in self.checkpoint.steps.items():
+            if kept == step and path in self.checkpoint.best_k_models:
+                record = {"step": step, "lora_scale": self.scale_at[step], "monitor": self.monitor}
+                (Path(path) / "lora_scale.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
+
     @property
     def best_model_path(self) -> str | None:
         return self.checkpoint.best_model_path if self.checkpoint else None
@@ -185,6 +222,8 @@ class Selection:
             out[f"best/{self.monitor}"] = self.best_model_score
             out["best/step"] = self.best_step
             out["best/path"] = self.best_model_path
+        if self.scales and self.best_step in self.scale_at:
+            out["best/lora_scale"] = self.scale_at[self.best_step]
         out.update(self.events.summary())
         if self.pareto is not None:
             out.update(self.pareto.summary())
@@ -205,6 +244,7 @@ class Selection:
             "early_stopping": self.early_stopping.state_dict() if self.early_stopping else None,
             "monitored": list(self.monitored),
             "baseline": self.baseline,
+            "scale_at": {str(step): scale for step, scale in self.scale_at.items()},
             "events": self.events.state_dict(),
             "pareto": self.pareto.state_dict() if self.pareto else None,
         }
@@ -218,6 +258,7 @@ class Selection:
         self.monitored = [tuple(item) for item in monitored]
         if state.get("baseline") is not None:
             self.baseline = dict(state["baseline"])
+        self.scale_at = {int(step): float(scale) for step, scale in (state.get("scale_at") or {}).items()}
         self.events.load_state_dict(state.get("events") or {})
         if self.pareto and state.get("pareto"):
             self.pareto.load_state_dict(state["pareto"])

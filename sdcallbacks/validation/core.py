@@ -68,6 +68,7 @@ class Validation:
         *,
         val_loss: ValidationLoss | None = None,
         ema: str = "none",
+        lora_scales: Sequence[float] = (),
         score_weights: dict[str, ScoreWeight] | None = None,
         on_error: str = "warn",
         backbones: str = "resident",
@@ -77,6 +78,7 @@ class Validation:
         self.sampler = sampler
         self.val_loss = val_loss
         self.ema = ema
+        self.lora_scales = list(lora_scales)
         self.score_weights = score_weights or {}
         self.on_error = on_error
         self.backbones = backbones
@@ -97,7 +99,8 @@ class Validation:
 
     def plan(self, baseline: bool = False) -> list[str]:
         """The variants this validation draws (:func:`~sdcallbacks.sampling.variants.planned_variants`)."""
-        return planned_variants(self.ema, baseline, self.sampler.modules if self.sampler else None)
+        modules = self.sampler.modules if self.sampler else None
+        return planned_variants(self.ema, baseline, modules, self.lora_scales)
 
     def draw(
         self, step: int, variant: str, jobs: Sequence[ImageJob] | None = None, *, score: bool = True
