@@ -229,17 +229,14 @@ def _cmd_watch(args: argparse.Namespace) -> int:
     from sdcallbacks.checkpoints import CheckpointError
     from sdcallbacks.config.loading import load_config
     from sdcallbacks.evaluation import Evaluator, Watcher
+    from sdcallbacks.evaluation.run import launched_processes
 
     config = _with_trackers(load_config(args.config), args)
     if not args.folder.is_dir():
         print(f"error: {args.folder}: no such folder (the trainer's output folder)", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    evaluator = Evaluator(
-        config,
-        args.base,
-        args.out,
-        **_base_options(args),
-    )
+    processes = launched_processes(args.device)
+    evaluator = Evaluator(config, args.base, args.out, processes=processes, **_base_options(args))
     watcher = Watcher(
         evaluator,
         args.folder,
@@ -248,24 +245,25 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         on_stop=args.on_stop,
     )
     idle = None if args.idle_exit is None else args.idle_exit * 60
-    print(f"watching {args.folder} every {args.poll}s (Ctrl-C to end); outputs in {args.out}", flush=True)
+    say = print if processes.is_main else (lambda *a, **k: None)  # one voice under accelerate launch
+    say(f"watching {args.folder} every {args.poll}s (Ctrl-C to end); outputs in {args.out}", flush=True)
     try:
         outcome = watcher.run(poll_s=args.poll, idle_exit_s=idle)
     except CheckpointError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     except KeyboardInterrupt:
-        print(
+        say(
             f"\ninterrupted after {len(watcher.outcome.scored)} checkpoints; run it again to go on",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
-    print(f"watch ended ({outcome.reason}): scored {len(outcome.scored)}, passed over {len(outcome.skipped)}")
+    say(f"watch ended ({outcome.reason}): scored {len(outcome.scored)}, passed over {len(outcome.skipped)}")
     if outcome.stop is not None:
-        print(f"  early stop at step {outcome.stop['step']} ({outcome.stop['reason']}): {args.out / 'STOP'}")
+        say(f"  early stop at step {outcome.stop['step']} ({outcome.stop['reason']}): {args.out / 'STOP'}")
     if watcher.selection is not None and watcher.selection.best_model_path:
-        print(f"  best: step {watcher.selection.best_step} -> {watcher.selection.best_model_path}")
-    print(f"  leaderboard: {args.out / 'leaderboard.md'}")
+        say(f"  best: step {watcher.selection.best_step} -> {watcher.selection.best_model_path}")
+    say(f"  leaderboard: {args.out / 'leaderboard.md'}")
     return 0
 
 

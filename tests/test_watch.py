@@ -198,3 +198,47 @@ def test_the_command_attaches_to_the_trainers_wandb_run_and_writes_tensorboard(
         [r["val/tag_accuracy/mean"] for r in rows]
     )
     assert [e.step for e in events.Images("val/images/red")] == [0, 2, 4]
+
+
+def test_two_processes_watch_as_one(tmp_path, tagger_dir, base_folder):  # noqa: F811
+    """``sdcallbacks watch`` under torchrun with 2 CPU processes (gloo) against 1: the main process looks
+    at the folder and decides, one checkpoint per process per round is scored; the same leaderboard, the
+    same selection events in training order and the same kept best, and both end when idle."""
+    import sdcallbacks
+    from sdcallbacks.testing.launch import torchrun_command
+
+    overrides = {"checkpoint": {"save_top_k": 1}, "early_stopping": {"patience": 5}}
+    config_path, saved = _trained(tmp_path, tagger_dir, base_folder, overrides)
+    run = tmp_path / "run"
+    for step in (2, 4, 6):
+        shutil.copytree(saved / f"step_{step:07d}", run / f"checkpoint-{step}")
+    entry = Path(sdcallbacks.__file__).parent / "__main__.py"
+    boards, events = {}, {}
+    for processes in (1, 2):
+        out = tmp_path / f"processes_{processes}"
+        argv = ["watch", "--config", str(config_path), "--base", str(base_folder), "--out", str(out)]
+        argv += ["--poll", "0.1", "--idle-exit", "0.05", str(run)]
+        done = subprocess.run(
+            torchrun_command(processes, entry, *argv),
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert done.stdout.count("watch ended (idle): scored 3, passed over 0") == 1  # the main process only
+        boards[processes] = json.loads((out / "leaderboard.json").read_text())
+        events[processes] = [
+            {k: v for k, v in r.items() if k != "best/path"}
+            for r in read_metrics(out / "metrics.jsonl")
+            if r["type"] == "event"
+        ]
+    one, two = boards[1], boards[2]
+    assert [r["name"] for r in two["rows"]] == [r["name"] for r in one["rows"]]
+    assert [r["name"] for r in one["rows"]] == ["base", "checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    for theirs, ours in zip(two["rows"], one["rows"]):
+        for key in MEANS:
+            assert theirs[key] == ours[key]
+    assert events[2] == events[1] and [e["step"] for e in events[1]] == [2, 4, 6]
+    best = events[1][-1]["best/step"]
+    assert (tmp_path / "processes_2" / "checkpoints" / f"step_{best:07d}").is_dir()

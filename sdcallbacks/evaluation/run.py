@@ -283,9 +283,7 @@ def evaluate(
     ``base`` does not load, and :class:`~sdcallbacks.config.ConfigError` for a config the base model's
     family cannot run. Checkpoints that fail one by one are skipped (``EvaluationResult.skipped``).
     """
-    processes = Processes(
-        _distributed_state(cpu=(device or "").startswith("cpu") or not torch.cuda.is_available())
-    )
+    processes = launched_processes(device)
     discovery = find_checkpoints(list(sources), step_pattern)
     evaluator = Evaluator(
         config,
@@ -329,6 +327,14 @@ def evaluate(
         evaluator.finish(board.summary())
     board = processes.broadcast(board)
     return EvaluationResult(board, files, evaluator.scored, evaluator.reused, skipped)
+
+
+def launched_processes(device: str | None = None) -> Processes:
+    """The processes ``accelerate launch`` or torchrun started (one when run plainly); on the CPU (gloo)
+    when ``device`` is a CPU or there is no GPU."""
+    return Processes(
+        _distributed_state(cpu=(device or "").startswith("cpu") or not torch.cuda.is_available())
+    )
 
 
 def _distributed_state(cpu: bool) -> Any:

@@ -19,6 +19,11 @@ Selection is the callback's own (:class:`~sdcallbacks.selection.Selection` on ``
   does it.
 
 Watching also ends after ``idle_exit_s`` seconds without a new checkpoint, and on Ctrl-C.
+
+Under ``accelerate launch`` (or torchrun) with several processes, the main process looks at the folder and
+makes every decision (what is complete, what to keep, when to stop or end), and each round scores one
+checkpoint per process, as ``sdcallbacks evaluate`` does; the main process publishes them in training order.
+Each process can sit on its own device, so validation never touches the training GPU.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from sdcallbacks.checkpoints import (
     path_state,
 )
 from sdcallbacks.evaluation.leaderboard import ScoredModel
-from sdcallbacks.evaluation.run import Evaluator
+from sdcallbacks.evaluation.run import Evaluator, Outcome
 from sdcallbacks.selection.selection import Selection
 from sdcallbacks.validation.result import ValidationResult, VariantResult
 
@@ -93,10 +98,31 @@ class Watcher:
         self._skipped: dict[str, str] = {}  # path -> why it was passed over (its latest version)
 
     def poll(self) -> list[ScoredModel]:
-        """One look at the folder: score every entry that has become complete since the last look."""
+        """One look at the folder: score every entry that has become complete since the last look
+        (scored models on the main process; every process must call it)."""
         base = self.evaluator.base_model()
         if self.selection is not None and self.selection.baseline is None:
             self.selection.set_baseline(base.values)  # relative gates and events compare with it
+        processes = self.evaluator.processes
+        found = processes.broadcast(self._complete() if processes.is_main else None)
+        scored: list[ScoredModel] = []
+        for start in range(0, len(found), processes.world):
+            if processes.broadcast(self.outcome.stop) is not None:
+                break
+            index = start + processes.rank
+            mine = self.evaluator.compute(found[index]) if index < len(found) else None
+            for outcome in processes.collect(mine):
+                if outcome is not None and processes.is_main and self.outcome.stop is None:
+                    model = self._accept(outcome)
+                    if model is not None:
+                        scored.append(model)
+        if scored:
+            self.evaluator.leaderboard(self.outcome.skipped)
+        self.outcome.stop = processes.broadcast(self.outcome.stop)
+        return scored
+
+    def _complete(self) -> list[Checkpoint]:
+        """The checkpoints that have become complete since the last look, in training order."""
         ready = []
         entries = sorted(self.folder.iterdir()) if self.folder.is_dir() else []
         for path in entries:
@@ -116,26 +142,22 @@ class Watcher:
                 self._skip(path, checkpoint)
             else:
                 found.append(checkpoint)
-        scored = []
-        for checkpoint in sorted(found, key=lambda c: c.position):
-            if self.outcome.stop is not None:
-                break
-            try:
-                model = self.evaluator.score(checkpoint)
-            except CheckpointError as err:
-                logger.warning("sdcallbacks: skipped %s", err)
-                self._skip(checkpoint.path, str(err))
-                continue
-            self.outcome.scored.append(checkpoint.name)
-            scored.append(model)
-            self._skipped.pop(str(checkpoint.path), None)
-            logger.info(
-                "sdcallbacks: scored %s (%s %d)", checkpoint.name, checkpoint.unit, checkpoint.position
-            )
-            self._decide(checkpoint, model)
-        if scored:
-            self.evaluator.leaderboard(self.outcome.skipped)
-        return scored
+        return sorted(found, key=lambda c: c.position)
+
+    def _accept(self, outcome: Outcome) -> ScoredModel | None:
+        """Publish one scored checkpoint and decide on it (main process); None when it was skipped."""
+        checkpoint = outcome.checkpoint
+        try:
+            model = self.evaluator.accept(outcome)
+        except CheckpointError as err:
+            logger.warning("sdcallbacks: skipped %s", err)
+            self._skip(checkpoint.path, str(err))
+            return None
+        self.outcome.scored.append(checkpoint.name)
+        self._skipped.pop(str(checkpoint.path), None)
+        logger.info("sdcallbacks: scored %s (%s %d)", checkpoint.name, checkpoint.unit, checkpoint.position)
+        self._decide(checkpoint, model)
+        return model
 
     def run(
         self,
@@ -146,24 +168,29 @@ class Watcher:
     ) -> WatchOutcome:
         """Poll until early stopping fires or ``idle_exit_s`` pass without a new checkpoint (Ctrl-C raises
         ``KeyboardInterrupt``; everything scored so far is kept). The trackers are closed at the end."""
+        processes = self.evaluator.processes
         try:
             self.evaluator.base_model()  # scored before the idle clock starts
             last_new = clock()
             while True:
                 if self.poll():
                     last_new = clock()
+                reason = None  # the main process's clock and decisions end every process's loop
                 if self.outcome.stop is not None:
-                    self.outcome.reason = "early_stop"
-                    break
-                if idle_exit_s is not None and clock() - last_new >= idle_exit_s:
-                    self.outcome.reason = "idle"
+                    reason = "early_stop"
+                elif idle_exit_s is not None and clock() - last_new >= idle_exit_s:
+                    reason = "idle"
+                reason = processes.broadcast(reason)
+                if reason is not None:
+                    self.outcome.reason = reason
                     break
                 sleep(poll_s)
         except KeyboardInterrupt:
             self.outcome.reason = "interrupted"
             raise
         finally:
-            self.evaluator.finish(self.selection.summary() if self.selection else {})
+            if processes.is_main:
+                self.evaluator.finish(self.selection.summary() if self.selection else {})
         return self.outcome
 
     def _skip(self, path: Path, reason: str) -> None:
