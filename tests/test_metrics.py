@@ -430,6 +430,57 @@ def test_cmmd_matches_the_paper_formula(backbones, tmp_path):
     assert len(refs_images) == 5
 
 
+def test_a_set_metrics_interval_is_the_percentile_bootstrap_over_the_validation_images(backbones, tmp_path):
+    """cmmd/ci_low and /ci_high re-derived: resample the generated images with replacement (the same
+    draws: torch.randint from a generator seeded 0), the paper's formula in numpy on each resample, the
+    2.5 and 97.5 percentiles; the references stay fixed. ci_resamples: 0 logs no interval."""
+    refs = folder_of(tmp_path / "refs", squares(5, seed=31))
+    config = mc.CmmdConfig(references=refs, clip=clip_config(backbones), ci_resamples=40)
+    metric = METRICS["cmmd"](config)
+    images = squares(6, seed=33)
+    values = metric.score(images, jobs_for(*"abcdef"))
+    x = metric.clip.embed(ImageFolder.read(refs).images).double().numpy()
+    y = metric.clip.embed(images).double().numpy()
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+
+    def cmmd(a, b):
+        def k(u, v):
+            squared = ((u[:, None, :] - v[None, :, :]) ** 2).sum(-1)
+            return np.exp(-squared / 200.0).mean()
+
+        return 1000 * (k(a, a) + k(b, b) - 2 * k(a, b))
+
+    generator = torch.Generator().manual_seed(0)
+    resampled = [cmmd(x, y[torch.randint(6, (6,), generator=generator).numpy()]) for _ in range(40)]
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    assert values["cmmd/ci_low"] == pytest.approx(low, rel=1e-6)
+    assert values["cmmd/ci_high"] == pytest.approx(high, rel=1e-6)
+    assert values["cmmd/ci_low"] < values["cmmd/ci_high"]
+    assert {"cmmd/ci_low", "cmmd/ci_high"} <= set(metric.output_keys())
+    off = METRICS["cmmd"](mc.CmmdConfig(references=refs, clip=clip_config(backbones), ci_resamples=0))
+    assert set(off.score(images, jobs_for(*"abcdef"))) == {"cmmd"} == set(off.output_keys())
+
+
+def test_a_set_metrics_interval_reaches_the_leaderboard_without_a_delta_of_its_own():
+    from sdcallbacks.aggregation.records import set_values
+    from sdcallbacks.evaluation.leaderboard import ScoredModel, build_leaderboard
+
+    sets = {"cmmd": 0.5, "cmmd/ci_low": 0.3, "cmmd/ci_high": 0.8}
+    values = set_values(sets, {"cmmd": 0.9, "cmmd/ci_low": 0.7, "cmmd/ci_high": 1.1})
+    assert values == {
+        "val/cmmd": 0.5,
+        "val/cmmd/delta": pytest.approx(-0.4),
+        "val/cmmd/ci_low": 0.3,
+        "val/cmmd/ci_high": 0.8,
+    }
+    base = ScoredModel("base", "base", "b", None, None, set_values({"cmmd": 0.9}), [], {"cmmd": 0.9})
+    tuned = ScoredModel("step_2", "lora", "s", 2, None, values, [], sets)
+    board = build_leaderboard([base, tuned], {}, "val/cmmd", "min")
+    assert {"val/cmmd", "val/cmmd/ci_low", "val/cmmd/ci_high"} <= set(board.columns)
+    assert "| best | step_2 | 2 |  | 0.5000 [0.3000, 0.8000] |" in board.to_markdown()
+
+
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
     """FID re-derived: |mu_x - mu_y|^2 + tr(S_x + S_y - 2 sqrtm(S_x S_y)), unbiased covariances."""
     from scipy import linalg

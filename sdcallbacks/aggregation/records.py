@@ -125,6 +125,10 @@ def aggregate(
     return out
 
 
+# A set metric's spread and interval: no delta against the baseline of their own.
+SET_STATISTICS = {"std", "ci_low", "ci_high"}
+
+
 def set_values(
     values: dict[str, float | None], baseline: dict[str, float | None] | None = None, prefix: str = "val"
 ) -> dict[str, float]:
@@ -137,6 +141,6 @@ def set_values(
             continue
         out[f"{prefix}/{key}"] = float(value)
         reference = (baseline or {}).get(key)
-        if _finite(reference):
+        if _finite(reference) and key.rsplit("/", 1)[-1] not in SET_STATISTICS:
             out[f"{prefix}/{key}/delta"] = float(value) - float(reference)
     return out

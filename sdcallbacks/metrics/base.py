@@ -18,11 +18,14 @@ the batch's :class:`~sdcallbacks.metrics.backbones.FeatureCache`.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+import torch
 from PIL import Image
 
 from sdcallbacks.config.metrics import MetricConfig
@@ -169,16 +172,61 @@ class ImageMetric(Metric):
 
 
 class SetMetric(Metric):
-    """A metric with one value for the whole set of images (a distribution distance)."""
+    """A metric with one value for the whole set of images (a distribution distance).
+
+    Subclasses take the set's features (:meth:`set_features`, once) and compute their values from them
+    (:meth:`on_features`). With ``ci_resamples`` in the config, ``<name>/ci_low`` and ``<name>/ci_high``
+    are the 2.5 and 97.5 percentiles of the headline value over that many resamples of the validation
+    images (drawn with replacement from a private generator seeded 0; the references stay fixed), so
+    a set metric gets an interval as per-image means do.
+    """
 
     needs_all_images = True
 
     def key_specs(self) -> dict[str, KeySpec]:
         return {key: KeySpec(higher) for key, higher in self.output_keys().items()}
 
+    @property
+    def ci_resamples(self) -> int:
+        return int(getattr(self.config, "ci_resamples", 0))
+
+    def output_keys(self) -> dict[str, bool]:
+        keys = super().output_keys()
+        if self.ci_resamples:
+            keys.update(
+                {f"{self.name}/ci_low": self.higher_is_better, f"{self.name}/ci_high": self.higher_is_better}
+            )
+        return keys
+
     @abstractmethod
-    def compute(self, batch: ImageBatch) -> dict[str, float]:
-        """One value per key of :meth:`output_keys`."""
+    def set_features(self, batch: ImageBatch) -> torch.Tensor | None:
+        """One row per image (None: too few images, said once here)."""
+
+    @abstractmethod
+    def on_features(self, features: torch.Tensor) -> dict[str, float | None]:
+        """Every key of :meth:`output_keys` but the interval, from the set's feature rows."""
+
+    def compute(self, batch: ImageBatch) -> dict[str, float | None]:
+        features = self.set_features(batch)
+        if features is None:
+            return {key: None for key in self.output_keys()}
+        values = self.on_features(features)
+        if self.ci_resamples and values.get(self.name) is not None:
+            values.update(self.bootstrap(features))
+        return values
+
+    def bootstrap(self, features: torch.Tensor) -> dict[str, float | None]:
+        generator = torch.Generator().manual_seed(0)
+        values = []
+        for _ in range(self.ci_resamples):
+            rows = torch.randint(len(features), (len(features),), generator=generator)
+            value = self.on_features(features[rows]).get(self.name)
+            if value is not None and math.isfinite(value):
+                values.append(value)
+        if len(values) < 2:
+            return {f"{self.name}/ci_low": None, f"{self.name}/ci_high": None}
+        low, high = np.quantile(values, [0.025, 0.975])
+        return {f"{self.name}/ci_low": float(low), f"{self.name}/ci_high": float(high)}
 
     def score(
         self, images: Sequence[Image.Image] | ImageBatch, jobs: Sequence[ImageJob] | None = None

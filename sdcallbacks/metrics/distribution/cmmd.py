@@ -43,6 +43,8 @@ class Cmmd(SetMetric):
             self.pool.references.features(self.clip, self.config.references)
         ).double()
 
-    def compute(self, batch: ImageBatch) -> dict[str, float | None]:
-        generated = normalized(batch.features.get(self.clip)).double()
+    def set_features(self, batch: ImageBatch) -> torch.Tensor:
+        return normalized(batch.features.get(self.clip)).double()
+
+    def on_features(self, generated: torch.Tensor) -> dict[str, float | None]:
         return {self.name: mmd_rbf(self.references, generated, self.config.sigma, self.config.scale)}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from sdcallbacks.config.metrics import FidConfig
 from sdcallbacks.metrics.backbones.inception import InceptionNet
 from sdcallbacks.metrics.base import ImageBatch, SetMetric
@@ -31,13 +33,16 @@ class Fid(SetMetric):
         self.net = self.pool.get(InceptionNet("2048", cfg.weights, self.device, cfg.batch_size))
         self.references = self.pool.references.features(self.net, cfg.references)
 
-    def compute(self, batch: ImageBatch) -> dict[str, float | None]:
-        from torchmetrics.image.fid import FrechetInceptionDistance
-
+    def set_features(self, batch: ImageBatch) -> torch.Tensor | None:
         generated = batch.features.get(self.net)
         if min(len(generated), len(self.references)) < 2:
             logger.warning("sdcallbacks: fid needs at least 2 images on each side")
-            return {self.name: None}
+            return None
+        return generated
+
+    def on_features(self, generated: torch.Tensor) -> dict[str, float | None]:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
         fid = on_features(FrechetInceptionDistance, generated.shape[1])
         fid.update(self.references, real=True)
         fid.update(generated, real=False)

@@ -38,9 +38,8 @@ class InceptionScore(SetMetric):
         cfg = self.config
         self.net = self.pool.get(InceptionNet("logits_unbiased", cfg.weights, self.device, cfg.batch_size))
 
-    def compute(self, batch: ImageBatch) -> dict[str, float | None]:
+    def set_features(self, batch: ImageBatch) -> torch.Tensor:
         logits = batch.features.get(self.net)
-        logits = logits[torch.randperm(len(logits), generator=seeded_generator(0))]
         splits = min(self.config.splits, len(logits))
         if len(logits) < 2 * splits:
             logger.warning(
@@ -49,8 +48,12 @@ class InceptionScore(SetMetric):
                 len(logits),
                 splits,
             )
+        return logits
+
+    def on_features(self, logits: torch.Tensor) -> dict[str, float | None]:
+        logits = logits[torch.randperm(len(logits), generator=seeded_generator(0))]
         scores = []
-        for part in logits.chunk(splits, dim=0):
+        for part in logits.chunk(min(self.config.splits, len(logits)), dim=0):
             prob, log_prob = part.softmax(dim=1), part.log_softmax(dim=1)
             marginal = prob.mean(dim=0, keepdim=True)
             scores.append((prob * (log_prob - marginal.log())).sum(dim=1).mean().exp())

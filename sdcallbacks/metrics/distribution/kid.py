@@ -40,13 +40,16 @@ class Kid(SetMetric):
         self.clip = self.pool.get(ClipBackbone(self.config.clip, self.device, self.config.batch_size))
         self.references = self.pool.references.features(self.clip, self.config.references).double()
 
-    def compute(self, batch: ImageBatch) -> dict[str, float | None]:
-        cfg = self.config
+    def set_features(self, batch: ImageBatch) -> torch.Tensor | None:
         generated = batch.features.get(self.clip).double()
+        if min(len(generated), len(self.references)) < 2:
+            logger.warning("sdcallbacks: kid needs at least 2 images on each side; got %d", len(generated))
+            return None
+        return generated
+
+    def on_features(self, generated: torch.Tensor) -> dict[str, float | None]:
+        cfg = self.config
         subset_size = min(cfg.subset_size, len(generated), len(self.references))
-        if subset_size < 2:
-            logger.warning("sdcallbacks: kid needs at least 2 images on each side; got %d", subset_size)
-            return {self.name: None, f"{self.name}/std": None}
         generator = seeded_generator(cfg.seed)
         scores = []
         for _ in range(cfg.subsets):
