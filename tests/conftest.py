@@ -86,6 +86,8 @@ def backbones(tmp_path_factory):
         alexnet=ev.write_torchvision_features(root / "alexnet-owt-7be5be79.pth", "alexnet"),
         inception=ev.write_inception(root / "inception.pth"),
         dino=ev.write_dino(root / "dino"),
+        hpsv2=ev.write_hpsv2(root / "hpsv2"),
+        pickscore=ev.write_pickscore(root / "pickscore"),
     )
 
 

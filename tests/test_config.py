@@ -234,7 +234,9 @@ metrics:
         assert line in err
 
 
-def test_a_usable_reference_folder_and_local_models_pass(tmp_path, tagger_dir, astronaut):
+def test_a_usable_reference_folder_and_local_models_pass(tmp_path, tagger_dir, astronaut, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # offline, hub files must be cached (test_preference)
+    monkeypatch.delenv("SDCALLBACKS_OFFLINE", raising=False)
     (tmp_path / "refs" / "nested").mkdir(parents=True)
     (tmp_path / "refs" / "broken.png").write_bytes(b"not a png")  # one readable image is enough
     astronaut.save(tmp_path / "refs" / "nested" / "face.jpg")
@@ -245,7 +247,7 @@ metrics:
   aesthetic_laion: {{}}
 """
     path = write(tmp_path, GOOD + metrics)
-    assert main(["check-config", str(path)]) == 0  # the hub ids (aesthetic_laion) are not looked up
+    assert main(["check-config", str(path)]) == 0  # online, the hub ids (aesthetic_laion) are not looked up
 
 
 def test_identity_references_need_a_face_and_the_check_leaves_training_randoms_alone(tmp_path, astronaut):

@@ -9,13 +9,14 @@ training set).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, PositiveInt, field_validator
 
 from sdcallbacks.config.base import ImageSide, Seed, StrictModel
 
 # Fields naming where a metric's weights are (relative local paths resolve against the config's folder):
-MODEL_SOURCE_FIELDS = ("model", "head")  # a hub repo id, a local folder or the file itself
+MODEL_SOURCE_FIELDS = ("model", "head", "processor")  # a hub repo id, a local folder or the file itself
 WEIGHTS_FILE_FIELDS = ("weights", "trunk_weights")  # optional: a local file instead of a library's cache
 
 
@@ -127,6 +128,40 @@ class DinoConfig(ReferenceMetricConfig):
     )
     resize: PositiveInt = Field(256, description="Short side before the centre crop (DINO's evaluation).")
     crop: PositiveInt = Field(224, description="Centre crop side.")
+
+
+class PickScoreConfig(MetricConfig):
+    """PickScore v1 (Kirstain et al. 2023): CLIP-H fine-tuned on Pick-a-Pic preferences (transformers)."""
+
+    model: str = Field(
+        "yuvalkirstain/PickScore_v1",
+        description="transformers CLIPModel: hub id or a local folder with config.json and the weights.",
+    )
+    processor: str = Field(
+        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        description="Its CLIPProcessor (the authors use CLIP-H's): hub id or a local folder.",
+    )
+
+
+HPS_FILES = {"v2.1": "HPS_v2.1_compressed.pt", "v2.0": "HPS_v2_compressed.pt"}
+
+
+class Hpsv2Config(MetricConfig):
+    """HPS v2 / v2.1 (Wu et al. 2023): an open_clip ViT-H-14 fine-tuned on human preferences."""
+
+    model: str = Field(
+        "xswu/HPSv2",
+        description="Hub repo holding HPS_v2.1_compressed.pt / HPS_v2_compressed.pt, a local folder "
+        "with it, or the file itself.",
+    )
+    version: Literal["v2.1", "v2.0"] = "v2.1"
+    architecture: str = Field(
+        "ViT-H-14", description="open_clip model name, or an open_clip model config JSON file."
+    )
+
+    @property
+    def filename(self) -> str:
+        return HPS_FILES[self.version]
 
 
 class DiversityConfig(MetricConfig):
@@ -274,6 +309,8 @@ class MetricsConfig(StrictModel):
     clip_score: ClipScoreConfig | None = None
     clip_i: ClipIConfig | None = None
     dino: DinoConfig | None = None
+    pickscore: PickScoreConfig | None = None
+    hpsv2: Hpsv2Config | None = None
     diversity: DiversityConfig | None = None
     diversity_clip: DiversityClipConfig | None = None
     kid: KidConfig | None = None

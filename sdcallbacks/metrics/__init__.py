@@ -11,6 +11,7 @@ from sdcallbacks.metrics import (  # noqa: F401  (imported to register their met
     distribution,
     diversity,
     identity,
+    preference,
     style,
     subject,
     tagging,

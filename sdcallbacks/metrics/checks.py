@@ -3,7 +3,8 @@
 A reference folder that does not exist, a local tagger folder without ``model.onnx`` or a weights override
 that points nowhere would otherwise fail every validation of a run that goes on training for hours, with
 early stopping never acting. Each problem names its key. Hub ids are not looked up here (that needs the
-network or the hub cache); local paths are held to what loading will need. Identity references must
+network), except that offline (``HF_HUB_OFFLINE``) their files must be in the hub cache; local paths are
+held to what loading will need. Identity references must
 show a face to MTCNN (a cheap check: its weights ship with facenet-pytorch).
 """
 
@@ -18,17 +19,33 @@ from sdcallbacks.config import metrics as mc
 from sdcallbacks.metrics.backbones.clip import check_local_clip
 from sdcallbacks.metrics.images import UNREADABLE, image_files, image_folder_problem, read_image
 from sdcallbacks.sampling.rng import isolated_rng
-from sdcallbacks.weights import WeightsNotFoundError, is_hub_id, resolve_local_file
+from sdcallbacks.weights import WeightsNotFoundError, hub_offline, is_hub_id, resolve_local_file
 
 _CCIP_FILES = ("model_feat.onnx", "model_metrics.onnx", "metrics.json")
 # Sections whose model comes from ``resolve_file``: the field (one of ``MODEL_SOURCE_FIELDS``) and the files
 # a local folder must hold.
-_MODEL_FILES: dict[type[BaseModel], tuple[str, Callable[[BaseModel], tuple[str, ...]]]] = {
-    mc.TagAccuracyConfig: ("model", lambda c: ("model.onnx", "selected_tags.csv")),
-    mc.AestheticAnimeConfig: ("model", lambda c: ("model.onnx",)),
-    mc.CcipConfig: ("model", lambda c: tuple(f"{c.variant}/{n}" for n in _CCIP_FILES)),
-    mc.AestheticLaionConfig: ("head", lambda c: (c.head_filename,)),
+_MODEL_FILES: dict[type[BaseModel], list[tuple[str, Callable[[BaseModel], tuple[str, ...]]]]] = {
+    mc.TagAccuracyConfig: [("model", lambda c: ("model.onnx", "selected_tags.csv"))],
+    mc.AestheticAnimeConfig: [("model", lambda c: ("model.onnx",))],
+    mc.CcipConfig: [("model", lambda c: tuple(f"{c.variant}/{n}" for n in _CCIP_FILES))],
+    mc.AestheticLaionConfig: [("head", lambda c: (c.head_filename,))],
+    mc.Hpsv2Config: [("model", lambda c: (c.filename,))],
+    mc.PickScoreConfig: [
+        ("model", lambda c: ("config.json",)),
+        ("processor", lambda c: ("preprocessor_config.json",)),
+    ],
 }
+
+
+def _hub_cache_problem(source: str, filename: str) -> str | None:
+    """Offline (``HF_HUB_OFFLINE``), a hub file must already be in the hub cache: the load would fail."""
+    if not hub_offline():
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source, filename), str):
+        return None
+    return f"{filename} of {source!r} is not in the hub cache and downloads are off (HF_HUB_OFFLINE)"
 
 
 FACE_CHECK_IMAGES = 4  # reference photos MTCNN looks at before giving up (about 0.1 s each on a CPU)
@@ -78,17 +95,20 @@ def _section_problems(key: str, section: BaseModel) -> list[str]:
         value = getattr(section, name, None)
         if value is not None and not Path(value).expanduser().is_file():
             problems.append(f"{key}.{name}: {value} is not a file")
-    model_files = _MODEL_FILES.get(type(section))
-    if model_files is not None:
-        name, files = model_files
+    for name, files in _MODEL_FILES.get(type(section), []):
         source = getattr(section, name)
-        if not is_hub_id(source):
-            for filename in files(section):
+        for filename in files(section):
+            if is_hub_id(source):
+                why = _hub_cache_problem(source, filename)
+            else:
                 try:
                     resolve_local_file(source, filename)
+                    why = None
                 except WeightsNotFoundError as err:
-                    problems.append(f"{key}.{name}: {err.reason}")
-                    break
+                    why = err.reason
+            if why:
+                problems.append(f"{key}.{name}: {why}")
+                break
     clip = getattr(section, "clip", None)
     if isinstance(clip, mc.ClipModelConfig):
         try:

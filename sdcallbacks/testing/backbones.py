@@ -7,6 +7,10 @@
 * ``facenet/20180402-114759-vggface2.pt``: an InceptionResnetV1 state_dict with the vggface2 logits
   (8631 classes), the file facenet-pytorch downloads; random weights, real layout.
 * ``dino/``: a transformers ViT folder as ``facebook/dino-vits16`` (``write_dino``; DINOv2 alike).
+* ``hpsv2/``: ``HPS_v2.1_compressed.pt`` as ``xswu/HPSv2`` publishes it (``{"state_dict": ...}`` of a whole
+  open_clip model) for a tiny architecture given as an open_clip model config JSON (``write_hpsv2``).
+* ``pickscore/``: a transformers ``CLIPModel`` folder as ``yuvalkirstain/PickScore_v1`` and a
+  ``CLIPProcessor`` folder as CLIP-H's, with CLIP's real BPE vocabulary (``write_pickscore``).
 """
 
 from __future__ import annotations
@@ -257,3 +261,47 @@ def write_dino(folder: Path, kind: str = "vit", seed: int = 0) -> Path:
     model.save_pretrained(folder)
     ViTImageProcessor(size={"height": 224, "width": 224}).save_pretrained(folder)
     return folder
+
+
+def write_hpsv2(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """(the checkpoint, the architecture's model config JSON ``tiny-hps.json``): a tiny open_clip model in
+    HPS's checkpoint format, ``torch.save({"state_dict": model.state_dict()})``, plain GELU as ViT-H-14."""
+    import open_clip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model_cfg = {**TINY_CLIP_CONFIG, "quick_gelu": False}
+    architecture = folder / "tiny-hps.json"
+    architecture.write_text(json.dumps(model_cfg, indent=2), encoding="utf-8")
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**model_cfg)
+    checkpoint = folder / "HPS_v2.1_compressed.pt"
+    torch.save({"state_dict": model.state_dict()}, checkpoint)
+    return checkpoint, architecture
+
+
+def write_pickscore(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """(model folder, processor folder): a tiny transformers ``CLIPModel`` saved as PickScore_v1 is
+    (``config.json`` + ``model.safetensors``) and a ``CLIPProcessor`` as CLIP-H's (short side resized,
+    centre crop, OpenAI mean/std; CLIP's BPE tokenizer)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from sdcallbacks.testing.tokenizer import build_clip_tokenizer
+
+    torch.manual_seed(seed)
+    shape = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    config = CLIPConfig(
+        text_config={**shape, "max_position_embeddings": 77, "projection_dim": 24},
+        vision_config={**shape, "image_size": 32, "patch_size": 8, "projection_dim": 24},
+        projection_dim=24,
+    )
+    model_folder, processor_folder = folder / "model", folder / "processor"
+    CLIPModel(config).save_pretrained(model_folder)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 32},
+        crop_size={"height": 32, "width": 32},
+        image_mean=list(OPENAI_MEAN),
+        image_std=list(OPENAI_STD),
+    )
+    tokenizer = build_clip_tokenizer(folder / "tokenizer")
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(processor_folder)
+    return model_folder, processor_folder

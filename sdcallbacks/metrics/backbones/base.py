@@ -16,7 +16,7 @@ so both are safe in the background scoring thread, unlike the first load (see :m
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -141,3 +141,21 @@ class FeatureCache:
 
     def __contains__(self, backbone: Backbone) -> bool:
         return backbone.key in self._features
+
+
+class TextEmbeddings:
+    """Prompt embeddings of a text-image backbone, each distinct prompt encoded once per run, in batches
+    of ``batch_size`` by ``encode`` (a list of prompts to an (N, D) tensor)."""
+
+    def __init__(self, encode: Callable[[list[str]], torch.Tensor], batch_size: int):
+        self.encode = encode
+        self.batch_size = batch_size
+        self.rows: dict[str, torch.Tensor] = {}
+
+    @torch.inference_mode()
+    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
+        new = [p for p in dict.fromkeys(prompts) if p not in self.rows]
+        for start in range(0, len(new), self.batch_size):
+            chunk = new[start : start + self.batch_size]
+            self.rows.update(zip(chunk, self.encode(chunk).float().cpu()))
+        return torch.stack([self.rows[p] for p in prompts])

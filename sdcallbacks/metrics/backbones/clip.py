@@ -20,7 +20,7 @@ from PIL import Image
 
 from sdcallbacks.config.loading import LOCAL_DIR, WEIGHT_SUFFIXES
 from sdcallbacks.config.metrics import ClipModelConfig
-from sdcallbacks.metrics.backbones.base import Backbone
+from sdcallbacks.metrics.backbones.base import Backbone, TextEmbeddings
 from sdcallbacks.metrics.images import drop_alpha
 from sdcallbacks.weights import WeightsNotFoundError
 
@@ -44,6 +44,14 @@ def check_local_clip(config: ClipModelConfig) -> None:
                 looked_in=str(folder),
                 fix="point clip.model at a folder with open_clip_config.json and the model weights",
             )
+    elif config.model.endswith(".json") and not Path(config.model).expanduser().is_file():
+        raise WeightsNotFoundError(
+            Path(config.model).name,
+            config.model,
+            f"{config.model} does not exist",
+            looked_in=config.model,
+            fix="point the model at an open_clip model config JSON file, or use a model name",
+        )
     elif config.pretrained and Path(config.pretrained).suffix in WEIGHT_SUFFIXES:
         path = Path(config.pretrained).expanduser()
         if not path.is_file():
@@ -60,7 +68,7 @@ class ClipBackbone(Backbone):
     def __init__(self, config: ClipModelConfig, device: str = "cpu", batch_size: int = 16):
         super().__init__(device, batch_size)
         self.config = config
-        self._text_cache: dict[str, torch.Tensor] = {}
+        self._texts = TextEmbeddings(self._encode_texts, batch_size)
         self.truncated_prompts = 0
 
     @property
@@ -71,14 +79,27 @@ class ClipBackbone(Backbone):
     def pretrained(self) -> str | None:
         return None if self.config.model.startswith((LOCAL_DIR, "hf-hub:")) else self.config.pretrained
 
+    @property
+    def model_name(self) -> str:
+        """open_clip's name for the model; a model config JSON file is registered under its stem."""
+        model = self.config.model
+        if model.endswith(".json") and not model.startswith((LOCAL_DIR, "hf-hub:")):
+            import open_clip
+
+            path = Path(model).expanduser()
+            open_clip.add_model_config(path)
+            return path.stem
+        return model
+
     def load(self) -> None:
         import open_clip
 
         check_local_clip(self.config)
-        quick_gelu = self.pretrained == "openai" and "quickgelu" not in self.config.model.lower()
+        name = self.model_name
+        quick_gelu = self.pretrained == "openai" and "quickgelu" not in name.lower()
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                self.config.model, pretrained=self.pretrained, force_quick_gelu=quick_gelu, device=self.device
+                name, pretrained=self.pretrained, force_quick_gelu=quick_gelu, device=self.device
             )
         except (OSError, RuntimeError) as err:
             raise WeightsNotFoundError(
@@ -91,7 +112,7 @@ class ClipBackbone(Backbone):
             ) from err
         self.model = model.eval()
         self.preprocess = preprocess
-        self.tokenizer = open_clip.get_tokenizer(self.config.model)
+        self.tokenizer = open_clip.get_tokenizer(name)
         self.context_length = getattr(self.tokenizer, "context_length", 77)
         self.embed_dim = int(model.visual.output_dim)
 
@@ -114,19 +135,15 @@ class ClipBackbone(Backbone):
                 prompt[:120],
             )
 
-    @torch.inference_mode()
     def embed_texts(self, prompts: Sequence[str]) -> torch.Tensor:
         """(N, D) unnormalised text embeddings; each distinct prompt is encoded once per run."""
         self.ensure_loaded()
-        new = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
-        for start in range(0, len(new), self.batch_size):
-            chunk = new[start : start + self.batch_size]
-            for prompt in chunk:
-                self._warn_if_truncated(prompt)
-            tokens = self.tokenizer(chunk).to(self.device)
-            for prompt, row in zip(chunk, self.model.encode_text(tokens).float().cpu()):
-                self._text_cache[prompt] = row
-        return torch.stack([self._text_cache[p] for p in prompts])
+        return self._texts(prompts)
+
+    def _encode_texts(self, prompts: list[str]) -> torch.Tensor:
+        for prompt in prompts:
+            self._warn_if_truncated(prompt)
+        return self.model.encode_text(self.tokenizer(prompts).to(self.device))
 
 
 def normalized(features: torch.Tensor) -> torch.Tensor:
