@@ -86,7 +86,8 @@ def bench_images(size: int = 512) -> tuple[list[Image.Image], list[ImageJob]]:
 
 
 def mid_size_suite(root: Path) -> MetricsConfig:
-    """Every image and set metric (FID/IS aside: they need the [fid] extra) on mid-size backbones."""
+    """Every image and set metric (FID/IS aside: they need the [fid] extra) on mid-size backbones: DINO
+    ViT-S/16, PickScore's transformers CLIP at ViT-B/32's size, HPS on open_clip ViT-B/16."""
     import open_clip
 
     refs, faces = root / "refs", root / "faces"
@@ -116,4 +117,9 @@ def mid_size_suite(root: Path) -> MetricsConfig:
             "size": (224, 224),
         },
         ccip={"references": refs, "model": str(ev.write_ccip(root / "ccip"))},
+        dino={"references": refs, "model": str(ev.write_dino(root / "dino", shape=ev.VIT_S))},
+        pickscore=dict(
+            zip(("model", "processor"), map(str, ev.write_pickscore(root / "pick", mid_size=True)))
+        ),
+        hpsv2=dict(zip(("model", "architecture"), map(str, ev.write_hpsv2(root / "hps", model_cfg=vit_b16)))),
     )

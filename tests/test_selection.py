@@ -110,6 +110,59 @@ def test_composite_score_standardises_per_prompt_against_the_baseline():
     assert "score" not in composite_score(missing, base, weights)  # never a partial mean
 
 
+@pytest.mark.parametrize(
+    ("fidelity", "controllability", "beta", "expected"),
+    [
+        ([0.9, 0.7], [0.6, 0.4], 1.0, 2 * 0.8 * 0.5 / 1.3),  # F1 of the means
+        ([0.9, 0.7], [0.6, 0.4], 2.0, 5 * 0.8 * 0.5 / (4 * 0.8 + 0.5)),  # recall (control) weighs more
+        ([0.9, 0.7], [0.6, 0.4], 0.5, 1.25 * 0.8 * 0.5 / (0.25 * 0.8 + 0.5)),
+        ([0.0, 0.0], [0.0, 0.0], 1.0, 0.0),  # 0/0: 0
+        ([1.0, None], [0.5, 0.5], 1.0, 2 * 1.0 * 0.5 / 1.5),  # a skipped image is left out of its mean
+        ([NAN, 0.5], [0.5, 0.5], 1.0, NAN),  # a broken score breaks the score
+    ],
+)
+def test_fbeta_combines_fidelity_and_controllability_means(fidelity, controllability, beta, expected):
+    from sdcallbacks.aggregation.composite import fbeta_score
+
+    records = [
+        ImageRecord(2, "model", "p", 0, i, i, "x", scores={"ccip/same_rate": f, "tag_accuracy": c})
+        for i, (f, c) in enumerate(zip(fidelity, controllability))
+    ]
+    out = fbeta_score(records, ["ccip/same_rate", "tag_accuracy"], beta)
+    if math.isnan(expected):
+        assert math.isnan(out["score"])
+    else:
+        assert out["score"] == pytest.approx(expected)
+    assert out["score/tag_accuracy"] == pytest.approx(sum(controllability) / len(controllability))
+    assert "score" not in fbeta_score(records, ["ccip/same_rate", "missing"], beta)
+
+
+def test_a_callback_logs_the_fbeta_score_of_its_two_keys(tmp_path, tiny_modules):
+    from sdcallbacks.outputs import read_metrics
+    from tests.helpers import MeanBrightness, start
+
+    config = {
+        "output_dir": str(tmp_path / "out"),
+        "prompts": [{"name": "red", "prompt": "red square", "seeds": [1, 2]}],
+        "defaults": {"width": 32, "height": 32, "steps": 2, "guidance_scale": 2.0},
+        "schedule": {"every_n_steps": 2},
+        "sampling": {"baseline": False},
+        "score": {"scripted": 1.0, "brightness": 1.0},
+        "score_combine": "fbeta",
+        "score_beta": 2.0,
+        "monitor": "val/score",
+    }
+    cb = ValidationCallback.from_config(config, metrics=[Scripted([0.8]), MeanBrightness()])
+    start(cb, tiny_modules)
+    cb.on_step_end(2)
+    (row,) = [
+        r["values"] for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if r["type"] == "aggregate"
+    ]
+    p, r = row["val/scripted/mean"], row["val/brightness/mean"]
+    assert row["val/score"] == pytest.approx(5 * p * r / (4 * p + r))
+    assert cb.best_model_score == pytest.approx(row["val/score"])
+
+
 # -- config errors located before training ----------------------------------------------------------------
 
 
@@ -144,6 +197,18 @@ def _config(tmp_path, tagger_dir, **overrides):
             "restore_best_at_end loads the best checkpoint",
         ),
         ({"score": {"tag_accuracy": 1.0}, "sampling": {"baseline": False}}, "set sampling.baseline: true"),
+        (
+            {"score": {"tag_accuracy": 1.0}, "score_combine": "fbeta"},
+            "score_combine: fbeta takes two score keys, fidelity then controllability; got ['tag_accuracy']",
+        ),
+        (
+            {
+                "score": {"tag_accuracy": 1.0, "tag_accuracy/oov_rate": 1.0},
+                "score_combine": "fbeta",
+                "sampling": {"baseline": False},
+            },
+            "score.tag_accuracy/oov_rate: score_combine fbeta takes scores in [0, 1] where higher is better",
+        ),
         # gates, events, Pareto front (tests/test_gates_events.py)
         ({"gates": ["identity/mean >= 0.5"]}, "gates[0]: no enabled metric logs 'val/identity/mean'"),
         (

@@ -12,6 +12,12 @@ is used, and where that is zero too, 1 (the raw difference). ``z[k]`` is the mea
 both validations, and ``val/score = sum(w[k] * z[k]) / sum(w[k])``; the baseline scores 0 by construction.
 Each ``z[k]`` is logged as ``val/score/<k>``. If a weighted key has no score in a validation, ``val/score``
 is not logged at all: a mean over the remaining keys would move for reasons other than the model.
+
+``score_combine: fbeta`` combines two keys instead, fidelity ``P`` (the first, e.g. a character's CCIP
+same-rate) and controllability ``R`` (the second, e.g. tag accuracy), both in [0, 1], as the anime
+character evaluation pipelines do: ``val/score = (1 + b²) P R / (b² P + R)`` on the validation's means
+(``b`` = ``score_beta``; ``b`` > 1 weighs controllability more), 0 where both are 0; no baseline needed.
+``val/score/<k>`` are the two means.
 """
 
 from __future__ import annotations
@@ -71,4 +77,22 @@ def composite_score(
     if all(f"score/{key}" in out for key in weights) and weights:
         total = sum(term.weight for term in weights.values())
         out["score"] = sum(term.weight * out[f"score/{key}"] for key, term in weights.items()) / total
+    return out
+
+
+def _mean(records: list[ImageRecord], key: str) -> float | None:
+    values = [r.scores[key] for r in records if r.scores.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
+def fbeta_score(records: list[ImageRecord], keys: list[str], beta: float) -> dict[str, float]:
+    """``{"score": F_beta, "score/<fidelity>": P, "score/<controllability>": R}``; no ``score`` if either
+    mean is missing (a non-finite mean gives a non-finite score)."""
+    fidelity, controllability = keys
+    p, r = _mean(records, fidelity), _mean(records, controllability)
+    out = {f"score/{k}": v for k, v in ((fidelity, p), (controllability, r)) if v is not None}
+    if p is not None and r is not None:
+        b2 = beta * beta
+        denominator = b2 * p + r
+        out["score"] = (1 + b2) * p * r / denominator if denominator != 0 else 0.0
     return out

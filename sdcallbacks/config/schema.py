@@ -302,6 +302,12 @@ class RunConfig(StrictModel):
         default_factory=dict,
         description="Composite val/score: metric key -> weight or {weight, mode}; z-scores vs the baseline.",
     )
+    score_combine: Literal["weighted_z", "fbeta"] = Field(
+        "weighted_z",
+        description="weighted_z: the weighted mean of per-prompt z-scores against the baseline; fbeta: two "
+        "keys in [0, 1], fidelity then controllability, as F_beta of their means (weights unused).",
+    )
+    score_beta: PositiveFloat = Field(1.0, description="beta of score_combine: fbeta.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     early_stopping: EarlyStoppingConfig | None = None
     gates: list[str] = Field(
@@ -324,7 +330,12 @@ class RunConfig(StrictModel):
             raise ValueError("no validation prompts: set prompts or prompt_files")
         if self.early_stopping is not None and self.monitor is None:
             raise ValueError("early_stopping needs monitor")
-        if self.score and not self.sampling.baseline:
+        if self.score_combine == "fbeta" and len(self.score) != 2:
+            raise ValueError(
+                "score_combine: fbeta takes two score keys, fidelity then controllability; "
+                f"got {list(self.score)}"
+            )
+        if self.score and self.score_combine == "weighted_z" and not self.sampling.baseline:
             raise ValueError(
                 "score standardises against the baseline validation: set sampling.baseline: true"
             )

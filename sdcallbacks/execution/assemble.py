@@ -72,6 +72,7 @@ def build_validation(
         ema=config.sampling.ema,
         lora_scales=config.sampling.lora_scales,
         score_weights=weights,
+        score_beta=config.score_beta if config.score_combine == "fbeta" else None,
         on_error=config.on_error,
         backbones=backbones,
     )

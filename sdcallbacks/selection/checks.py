@@ -35,6 +35,11 @@ def _unwritable(path: Path) -> str | None:
     return None
 
 
+def _higher_is_better(config: RunConfig, metric: Metric, key: str) -> bool:
+    term = config.score_terms()[key]
+    return term.mode == "max" if term.mode else metric.key_specs()[key].higher_is_better
+
+
 def config_problems(config: RunConfig, metrics: list[Metric]) -> list[str]:
     problems = metric_path_problems(config.metrics)
     by_key = {key: metric for metric in metrics for key in metric.output_keys()}
@@ -48,6 +53,11 @@ def config_problems(config: RunConfig, metrics: list[Metric]) -> list[str]:
             problems.append(
                 f"score.{key}: {key!r} is one value per validation (no per-image spread to standardise "
                 "against); monitor it directly instead"
+            )
+        elif config.score_combine == "fbeta" and not _higher_is_better(config, metric, key):
+            problems.append(
+                f"score.{key}: score_combine fbeta takes scores in [0, 1] where higher is better; "
+                f"{key!r} is lower-is-better"
             )
     names = [p.name for p in load_prompts(config)]
     loss = config.metrics.val_loss

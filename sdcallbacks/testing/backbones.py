@@ -246,14 +246,19 @@ def write_inception(path: Path, seed: int = 0, logit_scale: float = 12.0) -> Pat
     return path
 
 
-def write_dino(folder: Path, kind: str = "vit", seed: int = 0) -> Path:
+TINY_VIT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+VIT_S = {"hidden_size": 384, "num_hidden_layers": 12, "num_attention_heads": 6, "intermediate_size": 1536}
+
+
+def write_dino(folder: Path, kind: str = "vit", seed: int = 0, shape: dict | None = None) -> Path:
     """A transformers DINO model folder as ``facebook/dino-vits16`` (``kind="vit"``, a ``ViTModel`` with no
     pooler, as the published checkpoint) or ``facebook/dinov2-base`` (``"dinov2"``) publish it:
-    ``config.json`` + ``model.safetensors`` + ``preprocessor_config.json``; tiny, random weights."""
+    ``config.json`` + ``model.safetensors`` + ``preprocessor_config.json``; random weights, tiny unless
+    ``shape`` says otherwise (``VIT_S``: ViT-S/16's)."""
     from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTImageProcessor, ViTModel
 
     torch.manual_seed(seed)
-    shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+    shape = shape or TINY_VIT
     if kind == "vit":
         model = ViTModel(ViTConfig(image_size=224, patch_size=16, **shape), add_pooling_layer=False)
     else:
@@ -263,13 +268,14 @@ def write_dino(folder: Path, kind: str = "vit", seed: int = 0) -> Path:
     return folder
 
 
-def write_hpsv2(folder: Path, seed: int = 0) -> tuple[Path, Path]:
-    """(the checkpoint, the architecture's model config JSON ``tiny-hps.json``): a tiny open_clip model in
-    HPS's checkpoint format, ``torch.save({"state_dict": model.state_dict()})``, plain GELU as ViT-H-14."""
+def write_hpsv2(folder: Path, seed: int = 0, model_cfg: dict | None = None) -> tuple[Path, Path]:
+    """(the checkpoint, the architecture's model config JSON ``tiny-hps.json``): an open_clip model (tiny
+    unless ``model_cfg`` is given) in HPS's checkpoint format, ``torch.save({"state_dict": ...})``, plain
+    GELU as ViT-H-14."""
     import open_clip
 
     folder.mkdir(parents=True, exist_ok=True)
-    model_cfg = {**TINY_CLIP_CONFIG, "quick_gelu": False}
+    model_cfg = {**(model_cfg or TINY_CLIP_CONFIG), "quick_gelu": False}
     architecture = folder / "tiny-hps.json"
     architecture.write_text(json.dumps(model_cfg, indent=2), encoding="utf-8")
     torch.manual_seed(seed)
@@ -279,26 +285,31 @@ def write_hpsv2(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     return checkpoint, architecture
 
 
-def write_pickscore(folder: Path, seed: int = 0) -> tuple[Path, Path]:
-    """(model folder, processor folder): a tiny transformers ``CLIPModel`` saved as PickScore_v1 is
-    (``config.json`` + ``model.safetensors``) and a ``CLIPProcessor`` as CLIP-H's (short side resized,
-    centre crop, OpenAI mean/std; CLIP's BPE tokenizer)."""
+def write_pickscore(folder: Path, seed: int = 0, mid_size: bool = False) -> tuple[Path, Path]:
+    """(model folder, processor folder): a transformers ``CLIPModel`` saved as PickScore_v1 is
+    (``config.json`` + ``model.safetensors``), tiny, or CLIP ViT-B/32's size with ``mid_size``, and a
+    ``CLIPProcessor`` as CLIP-H's (short side resized, centre crop, OpenAI mean/std; CLIP's BPE tokenizer)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     from sdcallbacks.testing.tokenizer import build_clip_tokenizer
 
     torch.manual_seed(seed)
     shape = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-    config = CLIPConfig(
-        text_config={**shape, "max_position_embeddings": 77, "projection_dim": 24},
-        vision_config={**shape, "image_size": 32, "patch_size": 8, "projection_dim": 24},
-        projection_dim=24,
+    side = 224 if mid_size else 32
+    config = (
+        CLIPConfig(projection_dim=512)  # transformers' defaults: openai/clip-vit-base-patch32's shape
+        if mid_size
+        else CLIPConfig(
+            text_config={**shape, "max_position_embeddings": 77, "projection_dim": 24},
+            vision_config={**shape, "image_size": 32, "patch_size": 8, "projection_dim": 24},
+            projection_dim=24,
+        )
     )
     model_folder, processor_folder = folder / "model", folder / "processor"
     CLIPModel(config).save_pretrained(model_folder)
     image_processor = CLIPImageProcessor(
-        size={"shortest_edge": 32},
-        crop_size={"height": 32, "width": 32},
+        size={"shortest_edge": side},
+        crop_size={"height": side, "width": side},
         image_mean=list(OPENAI_MEAN),
         image_std=list(OPENAI_STD),
     )

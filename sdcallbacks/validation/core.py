@@ -29,7 +29,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from sdcallbacks.aggregation.composite import ScoreWeight, composite_score
+from sdcallbacks.aggregation.composite import ScoreWeight, composite_score, fbeta_score
 from sdcallbacks.aggregation.keys import variant_prefix
 from sdcallbacks.aggregation.records import ImageRecord, aggregate, set_values
 from sdcallbacks.metrics import BackbonePool, ImageBatch, ImageMetric, KeySpec, Metric
@@ -70,6 +70,7 @@ class Validation:
         ema: str = "none",
         lora_scales: Sequence[float] = (),
         score_weights: dict[str, ScoreWeight] | None = None,
+        score_beta: float | None = None,
         on_error: str = "warn",
         backbones: str = "resident",
     ):
@@ -80,6 +81,7 @@ class Validation:
         self.ema = ema
         self.lora_scales = list(lora_scales)
         self.score_weights = score_weights or {}
+        self.score_beta = score_beta  # set: val/score is F_beta of the two score keys (fidelity first)
         self.on_error = on_error
         self.backbones = backbones
         self.baseline = Baseline()
@@ -216,7 +218,10 @@ class Validation:
         values = aggregate(records, reference, prefix=prefix, specs=self.key_specs)
         values.update(set_values(sets, reference_sets, prefix=prefix))
         if self.score_weights:
-            score = composite_score(records, records if baseline else reference or [], self.score_weights)
+            if self.score_beta is not None:
+                score = fbeta_score(records, list(self.score_weights), self.score_beta)
+            else:
+                score = composite_score(records, records if baseline else reference or [], self.score_weights)
             values.update({f"{prefix}/{k}": v for k, v in score.items()})
         return values
 

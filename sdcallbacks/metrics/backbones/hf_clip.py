@@ -70,4 +70,4 @@ class HfClipBackbone(Backbone):
     @property
     def logit_scale(self) -> float:
         self.ensure_loaded()
-        return float(self.model.logit_scale.exp())
+        return float(self.model.logit_scale.detach().exp())
