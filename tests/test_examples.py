@@ -39,6 +39,9 @@ REFERENCE_VARIABLES = ("FACE_REFERENCES", "CHARACTER_REFERENCES", "STYLE_REFEREN
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_validate(path, monkeypatch, tmp_path, user_folders):
+    # As a user runs them: online, their hub ids are not looked up (offline they must be in the hub cache).
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("SDCALLBACKS_OFFLINE", raising=False)
     monkeypatch.setenv("SDCALLBACKS_TINY_WORLD", str(user_folders / "world"))
     for name in REFERENCE_VARIABLES:
         monkeypatch.setenv(name, str(user_folders / "photos"))
