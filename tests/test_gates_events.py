@@ -290,3 +290,10 @@ def test_a_callback_run_logs_gates_events_and_the_front_to_its_files(tmp_path, t
     ]
     assert events[-1]["best/step"] == 2 and events[-1]["events/high/step"] == 4
     assert events[-1]["early_stop/reason"] == "event"
+
+    from sdcallbacks.report import write_report
+
+    page = write_report(tmp_path / "out").html.read_text(encoding="utf-8")
+    assert "event <b>high</b> at step 4: val/scripted/mean = 0.9, needs &gt; 0.8" in page
+    assert "step 4 not eligible for best: val/scripted/mean = 0.9, needs &lt;= 0.8" in page
+    assert "best step: <b>2</b> (val/scripted/mean = 0.5)" in page

@@ -458,6 +458,11 @@ def test_a_set_metrics_interval_is_the_percentile_bootstrap_over_the_validation_
     assert values["cmmd/ci_high"] == pytest.approx(high, rel=1e-6)
     assert values["cmmd/ci_low"] < values["cmmd/ci_high"]
     assert {"cmmd/ci_low", "cmmd/ci_high"} <= set(metric.output_keys())
+    from sdcallbacks.aggregation.keys import expected_keys
+
+    keys = expected_keys([metric], ["a"])
+    assert {"val/cmmd", "val/cmmd/delta", "val/cmmd/ci_low", "val/cmmd/ci_high"} <= set(keys)
+    assert "val/cmmd/ci_low/delta" not in keys  # an interval has no delta of its own
     off = METRICS["cmmd"](mc.CmmdConfig(references=refs, clip=clip_config(backbones), ci_resamples=0))
     assert set(off.score(images, jobs_for(*"abcdef"))) == {"cmmd"} == set(off.output_keys())
 

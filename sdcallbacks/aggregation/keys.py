@@ -25,6 +25,10 @@ def is_cost_key(key: str) -> bool:
     return key.endswith(tuple(f"/{k}" for k in COST_KEYS))
 
 
+# A set metric's spread and interval (kid/std, cmmd/ci_low): no delta against the baseline of their own.
+SET_STATISTICS = {"std", "ci_low", "ci_high"}
+
+
 def variant_prefix(variant: str) -> str:
     """``val`` for the trained (or base) weights, ``val/ema`` for the EMA weights."""
     return "val" if variant in ("model", "base") else f"val/{variant}"
@@ -44,7 +48,9 @@ def expected_keys(
         specs = metric.key_specs()
         for key in metric.output_keys():
             if isinstance(metric, SetMetric):
-                relative += [key, f"{key}/delta", f"{key}/skipped"]
+                relative += [key, f"{key}/skipped"]
+                if key.rsplit("/", 1)[-1] not in SET_STATISTICS:  # a spread or interval has no delta
+                    relative.append(f"{key}/delta")
                 continue
             relative += [f"{key}/{part}" for part in IMAGE_KEY_PARTS]
             relative += [f"{key}/prompt/{name}" for name in names]

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from sdcallbacks.aggregation.keys import SET_STATISTICS
 from sdcallbacks.metrics.base import KeySpec
 from sdcallbacks.prompts.library import ImageJob
 
@@ -123,10 +124,6 @@ def aggregate(
         if deltas:
             out[f"{prefix}/{key}/delta"] = sum(deltas) / len(deltas)
     return out
-
-
-# A set metric's spread and interval: no delta against the baseline of their own.
-SET_STATISTICS = {"std", "ci_low", "ci_high"}
 
 
 def set_values(

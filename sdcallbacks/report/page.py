@@ -148,14 +148,15 @@ def _last_step(run: RunData) -> int | None:
 
 def _summary(run: RunData, selection: dict, stop: tuple[int, str] | None) -> str:
     items = [f"{len(run.series())} validations of the model, {len(run.images)} scored images"]
-    monitored = [k for k in selection if k.startswith("best/") and k not in ("best/step", "best/path")]
+    monitor = run.monitor
     if selection.get("best/step") is not None:
-        score = (
-            f" ({html.escape(monitored[0][5:])} = {_number(selection[monitored[0]])})" if monitored else ""
-        )
+        score = f" ({html.escape(monitor)} = {_number(selection[f'best/{monitor}'])})" if monitor else ""
         items.append(f"best step: <b>{selection['best/step']}</b>{score}")
+    if selection.get("best/lora_scale") is not None:
+        items.append(f"best LoRA scale: {_number(selection['best/lora_scale'])}")
     if stop is not None:
         items.append(f"stopped early at step {stop[0]}: {html.escape(stop[1])}")
+    items += _selection_events(run, selection)
     if run.torn_lines:
         lines = ", ".join(str(n) for n in run.torn_lines)
         items.append(
@@ -163,6 +164,23 @@ def _summary(run: RunData, selection: dict, stop: tuple[int, str] | None) -> str
             "mid-write)</span>"
         )
     return "<h2>Summary</h2><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+
+
+def _selection_events(run: RunData, selection: dict) -> list[str]:
+    """Overfitting events, validations a gate kept from best, and the Pareto front (issue 17's selection)."""
+    items = [
+        f"event <b>{html.escape(str(e.get('name')))}</b> at step {e['step']}: "
+        f"{html.escape(str(e.get('description', '')))}"
+        for e in run.events
+        if e.get("event") == "overfitting"
+    ]
+    for event in (e for e in run.events if e.get("event") == "ineligible"):
+        gates = "; ".join(html.escape(str(g)) for g in event.get("gates", []))
+        items.append(f"step {event['step']} not eligible for best: {gates}")
+    if selection.get("pareto/front"):
+        steps = ", ".join(str(s) for s in selection["pareto/front"])
+        items.append(f"Pareto front: steps {steps}")
+    return items
 
 
 def _curves(curves: list[tuple[str, Path]]) -> str:

@@ -17,6 +17,8 @@ from sdcallbacks.selection.early_stopping import StoppingReason
 
 # Per-metric statistics beside ``/mean`` in the aggregates; the rest of a key is the metric.
 STATISTICS = {"mean", "std", "n", "skipped", "ci_low", "ci_high", "good_rate", "delta"}
+# Summary keys beside best/<monitor>.
+NOT_MONITORED = ("best/step", "best/path", "best/epoch", "best/lora_scale")
 # Costs of a validation, not metrics of the model.
 COSTS = re.compile(r"^val/(ema/)?(time|rss_mb|peak_rss_mb|gpu)")
 
@@ -61,6 +63,14 @@ class RunData:
                 if last == "mean" or (last not in STATISTICS and f"{key}/mean" not in validation.values):
                     keys.setdefault(key, None)
         return list(keys)
+
+    @property
+    def monitor(self) -> str | None:
+        """The key best steps were chosen by: the selection events' ``best/<key>``."""
+        for key in self.selection or {}:
+            if key.startswith("best/") and key not in NOT_MONITORED:
+                return key[len("best/") :]
+        return None
 
     @property
     def selection(self) -> dict[str, Any] | None:

@@ -48,10 +48,8 @@ class RunPath:
 def monitored_key(run: RunData) -> str:
     """The key best steps were chosen by (the selection events' ``best/<key>``), else ``val/score`` where
     logged, else the first metric."""
-    selection = run.selection or {}
-    for key in selection:
-        if key.startswith("best/") and key not in ("best/step", "best/path"):
-            return key[len("best/") :]
+    if run.monitor is not None:
+        return run.monitor
     metrics = run.metrics()
     if not metrics:
         raise ReportError(f"{run.folder}: no metric was logged")
