@@ -88,6 +88,7 @@ def backbones(tmp_path_factory):
         dino=ev.write_dino(root / "dino"),
         hpsv2=ev.write_hpsv2(root / "hpsv2"),
         pickscore=ev.write_pickscore(root / "pickscore"),
+        image_reward=ev.write_image_reward(root / "image_reward"),
     )
 
 

@@ -16,7 +16,12 @@ from pydantic import Field, PositiveInt, field_validator
 from sdcallbacks.config.base import ImageSide, Seed, StrictModel
 
 # Fields naming where a metric's weights are (relative local paths resolve against the config's folder):
-MODEL_SOURCE_FIELDS = ("model", "head", "processor")  # a hub repo id, a local folder or the file itself
+MODEL_SOURCE_FIELDS = (
+    "model",
+    "head",
+    "processor",
+    "tokenizer",
+)  # a hub repo id, a local folder or the file itself
 WEIGHTS_FILE_FIELDS = ("weights", "trunk_weights")  # optional: a local file instead of a library's cache
 
 
@@ -162,6 +167,21 @@ class Hpsv2Config(MetricConfig):
     @property
     def filename(self) -> str:
         return HPS_FILES[self.version]
+
+
+class ImageRewardConfig(MetricConfig):
+    """ImageReward v1.0 (Xu et al. 2023): a BLIP ViT-L/16 image encoder, a BERT text encoder that attends
+    to the image, and a linear reward head, trained on human rankings."""
+
+    model: str = Field(
+        "THUDM/ImageReward",
+        description="Hub repo holding ImageReward.pt and med_config.json, or a local folder with both.",
+    )
+    tokenizer: str = Field(
+        "google-bert/bert-base-uncased",
+        description="BERT WordPiece tokenizer (ImageReward's is bert-base-uncased): hub id or a local folder "
+        "with vocab.txt.",
+    )
 
 
 class DiversityConfig(MetricConfig):
@@ -311,6 +331,7 @@ class MetricsConfig(StrictModel):
     dino: DinoConfig | None = None
     pickscore: PickScoreConfig | None = None
     hpsv2: Hpsv2Config | None = None
+    image_reward: ImageRewardConfig | None = None
     diversity: DiversityConfig | None = None
     diversity_clip: DiversityClipConfig | None = None
     kid: KidConfig | None = None

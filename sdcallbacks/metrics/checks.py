@@ -30,6 +30,10 @@ _MODEL_FILES: dict[type[BaseModel], list[tuple[str, Callable[[BaseModel], tuple[
     mc.CcipConfig: [("model", lambda c: tuple(f"{c.variant}/{n}" for n in _CCIP_FILES))],
     mc.AestheticLaionConfig: [("head", lambda c: (c.head_filename,))],
     mc.Hpsv2Config: [("model", lambda c: (c.filename,))],
+    mc.ImageRewardConfig: [
+        ("model", lambda c: ("ImageReward.pt", "med_config.json")),
+        ("tokenizer", lambda c: ("vocab.txt",)),
+    ],
     mc.PickScoreConfig: [
         ("model", lambda c: ("config.json",)),
         ("processor", lambda c: ("preprocessor_config.json",)),

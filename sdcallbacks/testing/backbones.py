@@ -9,12 +9,15 @@
 * ``dino/``: a transformers ViT folder as ``facebook/dino-vits16`` (``write_dino``; DINOv2 alike).
 * ``hpsv2/``: ``HPS_v2.1_compressed.pt`` as ``xswu/HPSv2`` publishes it (``{"state_dict": ...}`` of a whole
   open_clip model) for a tiny architecture given as an open_clip model config JSON (``write_hpsv2``).
+* ``image_reward/``: ``ImageReward.pt`` + ``med_config.json`` as ``THUDM/ImageReward`` and a BERT
+  ``vocab.txt`` folder (``write_image_reward``).
 * ``pickscore/``: a transformers ``CLIPModel`` folder as ``yuvalkirstain/PickScore_v1`` and a
   ``CLIPProcessor`` folder as CLIP-H's, with CLIP's real BPE vocabulary (``write_pickscore``).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -316,3 +319,96 @@ def write_pickscore(folder: Path, seed: int = 0, mid_size: bool = False) -> tupl
     tokenizer = build_clip_tokenizer(folder / "tokenizer")
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(processor_folder)
     return model_folder, processor_folder
+
+
+TINY_IMAGE_REWARD = {"width": 128, "depth": 2, "patch": 8, "grid": 4, "hidden": 32, "layers": 2, "heads": 2}
+
+
+def write_image_reward(folder: Path, seed: int = 0, shape: dict | None = None) -> tuple[Path, Path]:
+    """(model folder, tokenizer folder): ``ImageReward.pt`` as ``THUDM/ImageReward`` publishes it (the
+    state_dict of the package's ``ImageReward`` module: ``blip.visual_encoder.*`` in BLIP's timm-style ViT
+    layout, ``blip.text_encoder.*`` in BLIP's ``med.py`` BERT layout with cross-attention, BLIP's unused
+    projections, ``mlp.layers.{0,2,4,6,7}``) beside its ``med_config.json``, tiny (ViT width 128 = two
+    64-wide heads), random; and a ``bert-base-uncased``-style ``vocab.txt`` folder.
+
+    The tensors are written from the layout itself, not from a model class, so the loader under test
+    meets the names and shapes of the published file."""
+    from sdcallbacks.testing.tokenizer import write_bert_vocab
+
+    s = {**TINY_IMAGE_REWARD, **(shape or {})}
+    model_folder, tokenizer_folder = folder / "model", write_bert_vocab(folder / "tokenizer")
+    model_folder.mkdir(parents=True, exist_ok=True)
+    vocab_size = len((tokenizer_folder / "vocab.txt").read_text(encoding="utf-8").split("\n")) - 1 + 2
+    width, hidden, positions = s["width"], s["hidden"], 40
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*size: int, std: float = 0.05) -> torch.Tensor:
+        return torch.randn(*size, generator=generator) * std
+
+    def norm(prefix: str, size: int) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.weight": 1 + rand(size, std=0.1), f"{prefix}.bias": rand(size, std=0.1)}
+
+    def linear(prefix: str, out_features: int, in_features: int, std: float = 0.05) -> dict:
+        return {
+            f"{prefix}.weight": rand(out_features, in_features, std=std),
+            f"{prefix}.bias": rand(out_features),
+        }
+
+    v = "blip.visual_encoder"
+    state = {
+        f"{v}.cls_token": rand(1, 1, width, std=0.5),
+        f"{v}.pos_embed": rand(1, s["grid"] ** 2 + 1, width, std=0.5),
+        f"{v}.patch_embed.proj.weight": rand(width, 3, s["patch"], s["patch"]),
+        f"{v}.patch_embed.proj.bias": rand(width),
+    }
+    for i in range(s["depth"]):
+        b = f"{v}.blocks.{i}"
+        state |= norm(f"{b}.norm1", width) | linear(f"{b}.attn.qkv", 3 * width, width)
+        state |= linear(f"{b}.attn.proj", width, width) | norm(f"{b}.norm2", width)
+        state |= linear(f"{b}.mlp.fc1", 4 * width, width) | linear(f"{b}.mlp.fc2", width, 4 * width)
+    state |= norm(f"{v}.norm", width)
+    t = "blip.text_encoder"
+    state |= {
+        f"{t}.embeddings.position_ids": torch.arange(positions).expand((1, -1)).clone(),
+        f"{t}.embeddings.word_embeddings.weight": rand(vocab_size, hidden, std=0.5),
+        f"{t}.embeddings.position_embeddings.weight": rand(positions, hidden, std=0.5),
+    } | norm(f"{t}.embeddings.LayerNorm", hidden)
+    for i in range(s["layers"]):
+        layer = f"{t}.encoder.layer.{i}"
+        for part, source_width in (("attention", hidden), ("crossattention", width)):
+            state |= linear(f"{layer}.{part}.self.query", hidden, hidden, std=0.3)
+            state |= linear(f"{layer}.{part}.self.key", hidden, source_width, std=0.3)
+            state |= linear(f"{layer}.{part}.self.value", hidden, source_width)
+            state |= linear(f"{layer}.{part}.output.dense", hidden, hidden) | norm(
+                f"{layer}.{part}.output.LayerNorm", hidden
+            )
+        state |= linear(f"{layer}.intermediate.dense", 2 * hidden, hidden)
+        state |= linear(f"{layer}.output.dense", hidden, 2 * hidden) | norm(
+            f"{layer}.output.LayerNorm", hidden
+        )
+    state |= linear("blip.vision_proj", 16, width) | linear("blip.text_proj", 16, hidden)
+    head = (hidden, 64, 32, 16, 8, 1)
+    for index, (in_features, out_features) in zip((0, 2, 4, 6, 7), itertools.pairwise(head)):
+        state |= linear(f"mlp.layers.{index}", out_features, in_features, std=0.3)
+    torch.save(state, model_folder / "ImageReward.pt")
+    med_config = {
+        "architectures": ["BertModel"],
+        "attention_probs_dropout_prob": 0.1,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": hidden,
+        "initializer_range": 0.02,
+        "intermediate_size": 2 * hidden,
+        "layer_norm_eps": 1e-12,
+        "max_position_embeddings": positions,
+        "model_type": "bert",
+        "num_attention_heads": s["heads"],
+        "num_hidden_layers": s["layers"],
+        "pad_token_id": 0,
+        "type_vocab_size": 2,
+        "vocab_size": vocab_size,
+        "encoder_width": hidden,  # as published: BLIP_Pretrain overwrites it with the ViT's width
+        "add_cross_attention": True,
+    }
+    (model_folder / "med_config.json").write_text(json.dumps(med_config, indent=2), encoding="utf-8")
+    return model_folder, tokenizer_folder

@@ -132,3 +132,32 @@ def build_t5_tokenizer(folder: Path, model_max_length: int = 512):
     if not (folder / "tokenizer_config.json").is_file():
         T5TokenizerFast(vocab=t5_vocabulary(), model_max_length=model_max_length).save_pretrained(folder)
     return T5TokenizerFast.from_pretrained(folder)
+
+
+BERT_WORDS = 2000  # whole words of CLIP's vocabulary that become WordPiece entries
+
+
+def write_bert_vocab(folder: Path, words: int = BERT_WORDS) -> Path:
+    """A WordPiece ``vocab.txt`` in BERT's layout (``[PAD]`` first, so pad id 0 as ``bert-base-uncased``;
+    ``[UNK]``, ``[CLS]``, ``[SEP]``, ``[MASK]``), then CLIP's first ``words`` lower-case whole-word merges
+    and every lower-case letter, digit and punctuation mark alone and as a ``##`` continuation, so any
+    uncased English text tokenizes to words where it can and characters where it must. The folder loads
+    with ``BertTokenizer.from_pretrained`` as ``bert-base-uncased``'s does."""
+    import string
+
+    with gzip.open(_bpe_file(), "rt", encoding="utf-8") as fh:
+        merges = fh.read().split("\n")[1 : 49152 - 256 - 2 + 1]
+    entries = dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    for merge in merges:
+        token = "".join(merge.split())
+        word = token[:-4]
+        if token.endswith("</w>") and word.isascii() and word.isalnum() and word == word.lower():
+            entries.setdefault(word)
+            if len(entries) == words + 5:
+                break
+    for char in string.ascii_lowercase + string.digits + string.punctuation:
+        entries.setdefault(char)
+        entries.setdefault("##" + char)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(entries) + "\n", encoding="utf-8")
+    return folder
