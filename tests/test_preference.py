@@ -27,12 +27,34 @@ def _images():
     return images
 
 
+def hps_preprocess_val(image_size):
+    """hpsv2's ``preprocess_val``: its open_clip fork's ``image_transform(is_train=False,
+    resize_longest_max=True)`` (``light_augmentation=True`` in ``hpsv2.score``), from its source."""
+    from torchvision.transforms import Compose, InterpolationMode, Normalize, ToTensor
+    from torchvision.transforms import functional as F
+
+    def resize_max_size(img):  # ResizeMaxSize(image_size, fill=0)
+        height, width = img.shape[1:]
+        scale = image_size / float(max(height, width))
+        if scale != 1.0:
+            new_size = tuple(round(dim * scale) for dim in (height, width))
+            img = F.resize(img, new_size, InterpolationMode.BICUBIC)
+            pad_h = image_size - new_size[0]
+            pad_w = image_size - new_size[1]
+            img = F.pad(img, padding=[pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2], fill=0)
+        return img
+
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    return Compose([ToTensor(), resize_max_size, Normalize(mean=mean, std=std)])
+
+
 def hps_reference(checkpoint, architecture, images, prompts):
     """hpsv2.score's computation, per (image, prompt)."""
     import open_clip
 
     open_clip.add_model_config(architecture)
-    model, _, preprocess_val = open_clip.create_model_and_transforms(architecture.stem, output_dict=True)
+    model = open_clip.create_model(architecture.stem, output_dict=True)
+    preprocess_val = hps_preprocess_val(model.visual.image_size[0])
     model.load_state_dict(torch.load(checkpoint, map_location="cpu")["state_dict"])
     model.eval()
     tokenizer = open_clip.get_tokenizer(architecture.stem)

@@ -64,16 +64,47 @@ def check_local_clip(config: ClipModelConfig) -> None:
             )
 
 
+def letterbox(image_size: int | Sequence[int]):
+    """HPS v2's evaluation transform (``hpsv2.score``: its open_clip fork's ``image_transform`` with
+    ``resize_longest_max=True``): the image as a tensor, its longer side resized to the model's input size
+    (bicubic, on the tensor), zero-padded to a centred square, then normalised. Where HPS's own transform
+    leaves a non-square image whose long side is already the input size unpadded (and its model then
+    fails), it is padded here. Mean and std are OpenAI's, as HPS passes none."""
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    from torchvision.transforms import functional as F
+
+    side = image_size if isinstance(image_size, int) else int(image_size[0])
+
+    def transform(image: Image.Image) -> torch.Tensor:
+        tensor = F.to_tensor(image)
+        height, width = tensor.shape[1:]
+        scale = side / float(max(height, width))
+        if scale != 1.0:
+            height, width = round(height * scale), round(width * scale)
+            tensor = F.resize(tensor, [height, width], F.InterpolationMode.BICUBIC)
+        pad_h, pad_w = side - height, side - width
+        tensor = F.pad(tensor, [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2], fill=0)
+        return F.normalize(tensor, list(OPENAI_DATASET_MEAN), list(OPENAI_DATASET_STD))
+
+    return transform
+
+
 class ClipBackbone(Backbone):
-    def __init__(self, config: ClipModelConfig, device: str = "cpu", batch_size: int = 16):
+    """``letterbox``: images take :func:`letterbox` (HPS v2's transform) instead of open_clip's eval
+    transform (a different feature set: the key says so)."""
+
+    def __init__(
+        self, config: ClipModelConfig, device: str = "cpu", batch_size: int = 16, letterbox: bool = False
+    ):
         super().__init__(device, batch_size)
         self.config = config
+        self.letterbox = letterbox
         self._texts = TextEmbeddings(self._encode_texts, batch_size)
         self.truncated_prompts = 0
 
     @property
     def key(self) -> str:
-        return f"open_clip:{self.config.key}"
+        return f"open_clip:{self.config.key}" + (":letterbox" if self.letterbox else "")
 
     @property
     def pretrained(self) -> str | None:
@@ -112,6 +143,8 @@ class ClipBackbone(Backbone):
             ) from err
         self.model = model.eval()
         self.preprocess = preprocess
+        if self.letterbox:
+            self.preprocess = letterbox(model.visual.image_size)
         self.tokenizer = open_clip.get_tokenizer(name)
         self.context_length = getattr(self.tokenizer, "context_length", 77)
         self.embed_dim = int(model.visual.output_dim)

@@ -48,8 +48,6 @@ MAX_TOKENS = 35
 REWARD_MEAN = 0.16717362830052426
 REWARD_STD = 1.0333394966054072
 HEAD_WIDTH = 64
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 VISION, TEXT, HEAD = "blip.visual_encoder.", "blip.text_encoder.", "mlp.layers."
 # BLIP's timm-style ViT names -> BlipVisionModel's, by regular expression on the key after VISION.
@@ -196,6 +194,7 @@ class ImageRewardBackbone(Backbone):
         return f"image_reward:{self.source}:{self.tokenizer_source}"
 
     def load(self) -> None:
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
         from torchvision import transforms
         from transformers import BlipTextModel, BlipVisionModel
 
@@ -219,7 +218,7 @@ class ImageRewardBackbone(Backbone):
                 transforms.Resize(side, interpolation=transforms.InterpolationMode.BICUBIC),
                 transforms.CenterCrop(side),
                 transforms.ToTensor(),
-                transforms.Normalize(OPENAI_MEAN, OPENAI_STD),
+                transforms.Normalize(OPENAI_DATASET_MEAN, OPENAI_DATASET_STD),
             ]
         )
 

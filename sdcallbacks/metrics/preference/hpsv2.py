@@ -3,10 +3,10 @@ from an open_clip ViT-H-14 fine-tuned on human preference pairs (``xswu/HPSv2``'
 ``HPS_v2.1_compressed.pt``, a ``{"state_dict": ...}`` checkpoint of the whole model).
 
 As ``hpsv2.score`` computes it: the model's normalised image and text features, their dot product (no
-logit scale: scores sit around 0.2-0.3). Images take open_clip's eval transform for the architecture
-(bicubic resize of the short side to 224, centre crop, OpenAI mean/std), as hpsv2's bundled open_clip
-fork does; prompts its tokenizer (77 tokens). The backbone is the CLIP backbone of the other CLIP
-metrics with these weights, so it is shared with any metric that asks for the same weights.
+logit scale: scores sit around 0.2-0.3). Images take HPS's own evaluation transform, not open_clip's:
+the longer side resized to 224 and the rest zero-padded, so a portrait or landscape image is scored whole
+(:func:`~sdcallbacks.metrics.backbones.clip.letterbox`); prompts the architecture's tokenizer (77 tokens).
+The backbone is the CLIP backbone of the other CLIP metrics with these weights and this transform.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Hpsv2(ImageMetric):
         cfg = self.config
         weights = resolve_file(cfg.model, cfg.filename)
         clip = ClipModelConfig(model=cfg.architecture, pretrained=str(weights))
-        self.clip = self.pool.get(ClipBackbone(clip, self.device, cfg.batch_size))
+        self.clip = self.pool.get(ClipBackbone(clip, self.device, cfg.batch_size, letterbox=True))
 
     def compute(self, batch: ImageBatch) -> Scores:
         images = normalized(batch.features.get(self.clip))
