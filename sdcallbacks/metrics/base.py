@@ -31,7 +31,7 @@ from PIL import Image
 from sdcallbacks.config.metrics import MetricConfig
 from sdcallbacks.metrics.backbones import BackbonePool, FeatureCache
 from sdcallbacks.prompts.library import ImageJob
-from sdcallbacks.sampling.rng import isolated_load
+from sdcallbacks.sampling.rng import isolated_load, seeded_generator
 
 Scores = dict[str, list[Any]]  # per image: a float or None; a JSON value under detail_keys
 
@@ -216,7 +216,7 @@ class SetMetric(Metric):
         return values
 
     def bootstrap(self, features: torch.Tensor) -> dict[str, float | None]:
-        generator = torch.Generator().manual_seed(0)
+        generator = seeded_generator(0)
         values = []
         for _ in range(self.ci_resamples):
             rows = torch.randint(len(features), (len(features),), generator=generator)

@@ -58,3 +58,9 @@ def isolated_load(load: Callable[[], None]) -> None:
     the streams from another thread would rewind draws the training loop made meanwhile."""
     with isolated_rng():
         load()
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    """A private CPU generator: reproducible draws (KID's subsets, IS's shuffle, bootstrap resamples) that
+    never touch the global streams, so they are safe in the background scoring thread."""
+    return torch.Generator().manual_seed(seed)

@@ -7,8 +7,8 @@ the shared backbones already computed.
 KID and IS shuffle features with ``torch.randperm`` on torch's global generator. Saving and restoring that
 generator around them is not enough once scoring runs in a background thread (``scoring.mode: async``):
 the training thread may draw in between and the restore would rewind it. So those two draw their
-permutations from a private :func:`seeded_generator` instead; a CPU ``torch.Generator`` seeded with ``s``
-yields the same permutations as the global one after ``torch.manual_seed(s)``, so values equal
+permutations from a private ``sampling.rng.seeded_generator`` instead; a CPU ``torch.Generator`` seeded
+with ``s`` yields the same permutations as the global one after ``torch.manual_seed(s)``, so values equal
 torchmetrics' own under that seed (tested).
 """
 
@@ -39,8 +39,3 @@ def on_features(metric_class: Callable[..., M], num_features: int, **kwargs: Any
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return metric_class(feature=FeatureRows(num_features), **kwargs)
-
-
-def seeded_generator(seed: int) -> torch.Generator:
-    """A private CPU generator: reproducible draws that never touch the global streams."""
-    return torch.Generator().manual_seed(seed)

@@ -20,8 +20,8 @@ import torch
 from sdcallbacks.config.metrics import InceptionScoreConfig
 from sdcallbacks.metrics.backbones.inception import InceptionNet
 from sdcallbacks.metrics.base import ImageBatch, SetMetric
-from sdcallbacks.metrics.distribution.features import seeded_generator
 from sdcallbacks.metrics.registry import register_metric
+from sdcallbacks.sampling.rng import seeded_generator
 
 logger = logging.getLogger("sdcallbacks")
 

@@ -22,8 +22,8 @@ from torchmetrics.image.kid import poly_mmd
 from sdcallbacks.config.metrics import KidConfig
 from sdcallbacks.metrics.backbones.clip import ClipBackbone
 from sdcallbacks.metrics.base import ImageBatch, SetMetric
-from sdcallbacks.metrics.distribution.features import seeded_generator
 from sdcallbacks.metrics.registry import register_metric
+from sdcallbacks.sampling.rng import seeded_generator
 
 logger = logging.getLogger("sdcallbacks")
 

@@ -56,7 +56,7 @@ from sdcallbacks.sampling.families import Family, resolve_family
 from sdcallbacks.sampling.modes import eval_mode
 from sdcallbacks.sampling.modules import TrainingModules, unwrap
 from sdcallbacks.sampling.pipeline import build_pipeline
-from sdcallbacks.sampling.rng import isolated_rng
+from sdcallbacks.sampling.rng import isolated_rng, seeded_generator
 from sdcallbacks.sampling.sampler import autocast_for
 
 logger = logging.getLogger("sdcallbacks")
@@ -249,9 +249,7 @@ class ValidationLoss:
                 ) * vae.config.scaling_factor
                 noise = torch.stack(
                     [
-                        torch.randn(
-                            latents.shape[1:], generator=torch.Generator().manual_seed(self.config.seed + i)
-                        )
+                        torch.randn(latents.shape[1:], generator=seeded_generator(self.config.seed + i))
                         for i in range(start, start + len(latents))
                     ]
                 ).to(device, latents.dtype)
