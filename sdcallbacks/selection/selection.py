@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdcallbacks.aggregation.keys import variant_prefix
 from sdcallbacks.config.schema import RunConfig
 from sdcallbacks.prompts.library import load_prompts
 from sdcallbacks.sampling.modules import TrainingModules
@@ -181,7 +182,7 @@ class Selection:
         assert self.monitor is not None
         best, best_scale = at_one, 1.0
         for scale in self.scales[1:]:
-            value = values.get(self.monitor.replace("val/", f"val/{scale_variant(scale)}/", 1))
+            value = values.get(self.monitor.replace("val/", variant_prefix(scale_variant(scale)) + "/", 1))
             if value is None or not math.isfinite(value):
                 continue
             if not math.isfinite(best) or (value > best if self.mode == "max" else value < best):
