@@ -50,10 +50,16 @@ class DinoBackbone(Backbone):
         return f"dino:{self.source}:{self.resize}:{self.crop}"
 
     def load(self) -> None:
-        from transformers import AutoModel
+        from transformers import AutoConfig, AutoModel
 
         try:
-            self.model = AutoModel.from_pretrained(self.source, local_files_only=hub_offline()).eval()
+            offline = hub_offline()
+            config = AutoConfig.from_pretrained(self.source, local_files_only=offline)
+            # DINO's ViT checkpoints carry no pooler: without this transformers reports its weights missing.
+            extra = {"add_pooling_layer": False} if config.model_type == "vit" else {}
+            self.model = AutoModel.from_pretrained(
+                self.source, config=config, local_files_only=offline, **extra
+            ).eval()
         except OSError as err:
             reason = (
                 "not in the hub cache and downloads are off"
