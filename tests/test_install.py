@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import time
+from functools import lru_cache
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
@@ -33,10 +34,15 @@ def _name(requirement: str) -> str:
     return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
 
+@lru_cache(maxsize=1)
+def _installed() -> dict[str, list[str]]:
+    return packages_distributions()  # reads every installed distribution's file list: once, not per module
+
+
 def _distributions(module: str) -> set[str]:
     """The installed distributions providing ``module`` (or its own name for one not installed here, such
     as ``tomli`` under a version marker)."""
-    return {_name(d) for d in packages_distributions().get(module, [])} or {_name(module)}
+    return {_name(d) for d in _installed().get(module, [])} or {_name(module)}
 
 
 def third_party_imports() -> dict[str, set[str]]:
@@ -86,7 +92,7 @@ def dev_only_modules() -> list[str]:
     dev = {_name(r) for r in PROJECT["optional-dependencies"]["dev"]} - base
     return sorted(
         m
-        for m, dists in packages_distributions().items()
+        for m, dists in _installed().items()
         if {_name(d) for d in dists} & dev and m not in EXTRA_ONLY
     )
 
