@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from sdcallbacks.aggregation.keys import is_cost_key
@@ -143,3 +145,17 @@ def headless_chromium():
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(options=options, service=Service(driver_path))
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread, as a torchrun process with ``OMP_NUM_THREADS=1`` is: an in-process run is the
+    same arithmetic as one launched process, without the cost of starting one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -91,9 +91,7 @@ def dev_only_modules() -> list[str]:
     base = {_name(r) for r in PROJECT["dependencies"]}
     dev = {_name(r) for r in PROJECT["optional-dependencies"]["dev"]} - base
     return sorted(
-        m
-        for m, dists in _installed().items()
-        if {_name(d) for d in dists} & dev and m not in EXTRA_ONLY
+        m for m, dists in _installed().items() if {_name(d) for d in dists} & dev and m not in EXTRA_ONLY
     )
 
 
