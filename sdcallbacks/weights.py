@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -121,6 +122,17 @@ def default_cache_dir() -> Path:
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "sdcallbacks"
+
+
+def from_pretrained(loader: Any, source: str, filename: str, **kwargs: Any) -> Any:
+    """``loader.from_pretrained(source)`` (a transformers class: model, config, processor, tokenizer),
+    without downloads when :func:`hub_offline`; a source it cannot load is a :class:`WeightsNotFoundError`
+    naming ``filename``, the file that says what the folder is."""
+    try:
+        return loader.from_pretrained(source, local_files_only=hub_offline(), **kwargs)
+    except OSError as err:
+        reason = "not in the hub cache and downloads are off" if is_hub_id(source) else f"not loadable: {err}"
+        raise WeightsNotFoundError(filename, source, reason) from None
 
 
 def hub_offline() -> bool:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from sdcallbacks.metrics.backbones.base import Backbone
 from sdcallbacks.metrics.images import drop_alpha
-from sdcallbacks.weights import WeightsNotFoundError, hub_offline, is_hub_id
+from sdcallbacks.weights import from_pretrained
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -52,21 +52,10 @@ class DinoBackbone(Backbone):
     def load(self) -> None:
         from transformers import AutoConfig, AutoModel
 
-        try:
-            offline = hub_offline()
-            config = AutoConfig.from_pretrained(self.source, local_files_only=offline)
-            # DINO's ViT checkpoints carry no pooler: without this transformers reports its weights missing.
-            extra = {"add_pooling_layer": False} if config.model_type == "vit" else {}
-            self.model = AutoModel.from_pretrained(
-                self.source, config=config, local_files_only=offline, **extra
-            ).eval()
-        except OSError as err:
-            reason = (
-                "not in the hub cache and downloads are off"
-                if is_hub_id(self.source)
-                else f"not loadable: {err}"
-            )
-            raise WeightsNotFoundError("config.json", self.source, reason) from None
+        config = from_pretrained(AutoConfig, self.source, "config.json")
+        # DINO's ViT checkpoints carry no pooler: without this transformers reports its weights missing.
+        extra = {"add_pooling_layer": False} if config.model_type == "vit" else {}
+        self.model = from_pretrained(AutoModel, self.source, "config.json", config=config, **extra).eval()
         self.model.to(self.device)
 
     def forward(self, images: Sequence[Image.Image]) -> torch.Tensor:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from sdcallbacks.metrics.backbones.base import Backbone, TextEmbeddings
 from sdcallbacks.metrics.images import drop_alpha
-from sdcallbacks.weights import WeightsNotFoundError, hub_offline, is_hub_id
+from sdcallbacks.weights import from_pretrained
 
 MAX_TOKENS = 77
 
@@ -24,14 +24,6 @@ MAX_TOKENS = 77
 def projected(output: Any) -> torch.Tensor:
     """The projected embedding, whether transformers returns a tensor (4.x) or a model output (5.x)."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
-
-
-def _loaded(loader: Any, source: str, what: str) -> Any:
-    try:
-        return loader.from_pretrained(source, local_files_only=hub_offline())
-    except OSError as err:
-        reason = "not in the hub cache and downloads are off" if is_hub_id(source) else f"not loadable: {err}"
-        raise WeightsNotFoundError(what, source, reason) from None
 
 
 class HfClipBackbone(Backbone):
@@ -48,8 +40,8 @@ class HfClipBackbone(Backbone):
     def load(self) -> None:
         from transformers import AutoModel, AutoProcessor
 
-        self.model = _loaded(AutoModel, self.model_source, "config.json").eval().to(self.device)
-        self.processor = _loaded(AutoProcessor, self.processor_source, "preprocessor_config.json")
+        self.model = from_pretrained(AutoModel, self.model_source, "config.json").eval().to(self.device)
+        self.processor = from_pretrained(AutoProcessor, self.processor_source, "preprocessor_config.json")
 
     def forward(self, images: Sequence[Image.Image]) -> torch.Tensor:
         inputs = self.processor(images=[drop_alpha(im) for im in images], return_tensors="pt")

@@ -33,14 +33,7 @@ from PIL import Image
 
 from sdcallbacks.metrics.backbones.base import Backbone
 from sdcallbacks.metrics.images import drop_alpha
-from sdcallbacks.weights import (
-    WeightsFormatError,
-    WeightsNotFoundError,
-    hub_offline,
-    is_hub_id,
-    load_state_dict_file,
-    resolve_file,
-)
+from sdcallbacks.weights import WeightsFormatError, from_pretrained, load_state_dict_file, resolve_file
 
 CHECKPOINT = "ImageReward.pt"
 TEXT_CONFIG = "med_config.json"
@@ -170,11 +163,7 @@ def load_blip_tokenizer(source: str):
     ``init_tokenizer`` does."""
     from transformers import BertTokenizer
 
-    try:
-        tokenizer = BertTokenizer.from_pretrained(source, local_files_only=hub_offline())
-    except OSError as err:
-        reason = "not in the hub cache and downloads are off" if is_hub_id(source) else f"not loadable: {err}"
-        raise WeightsNotFoundError("vocab.txt", source, reason) from None
+    tokenizer = from_pretrained(BertTokenizer, source, "vocab.txt")
     tokenizer.add_special_tokens({"bos_token": "[DEC]"})
     tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
     return tokenizer
