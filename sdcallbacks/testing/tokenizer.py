@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -40,11 +41,27 @@ def _bpe_file() -> Path:
     return Path(oc_tokenizer.default_bpe())
 
 
+@lru_cache(maxsize=1)
+def clip_merges() -> tuple[str, ...]:
+    """CLIP's merge lines in rank order: the first 49152 - 256 - 2 after the header of open_clip's file."""
+    with gzip.open(_bpe_file(), "rt", encoding="utf-8") as fh:
+        return tuple(fh.read().split("\n")[1 : 49152 - 256 - 2 + 1])
+
+
+def clip_whole_words() -> Iterator[tuple[int, str]]:
+    """(merge rank, word) of each merge that completes an ASCII alphanumeric word, in rank order (an
+    earlier merge is a more frequent word): the word lists of the T5 and BERT test vocabularies."""
+    for rank, merge in enumerate(clip_merges()):
+        token = "".join(merge.split())
+        word = token[:-4]
+        if token.endswith("</w>") and word.isascii() and word.isalnum():
+            yield rank, word
+
+
 def write_clip_tokenizer_files(folder: Path) -> Path:
     """Write ``vocab.json``, ``merges.txt`` and the tokenizer configs of CLIP into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    with gzip.open(_bpe_file(), "rt", encoding="utf-8") as fh:
-        merges = fh.read().split("\n")[1 : 49152 - 256 - 2 + 1]
+    merges = clip_merges()
     symbols = list(_bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
@@ -107,15 +124,11 @@ def t5_vocabulary(words: int = T5_WORDS) -> list[tuple[str, float]]:
     import math
     import string
 
-    with gzip.open(_bpe_file(), "rt", encoding="utf-8") as fh:
-        merges = fh.read().split("\n")[1 : 49152 - 256 - 2 + 1]
     pieces: dict[str, float] = {}
-    for rank, merge in enumerate(merges):
-        token = "".join(merge.split())
-        if token.endswith("</w>") and token[:-4].isascii() and token[:-4].isalnum():
-            pieces.setdefault("▁" + token[:-4], -math.log(rank + 2))
-            if len(pieces) == words:
-                break
+    for rank, word in clip_whole_words():
+        pieces.setdefault("▁" + word, -math.log(rank + 2))
+        if len(pieces) == words:
+            break
     for char in string.ascii_letters + string.digits + string.punctuation:
         pieces.setdefault("▁" + char, -20.0)
         pieces.setdefault(char, -21.0)
@@ -145,13 +158,9 @@ def write_bert_vocab(folder: Path, words: int = BERT_WORDS) -> Path:
     with ``BertTokenizer.from_pretrained`` as ``bert-base-uncased``'s does."""
     import string
 
-    with gzip.open(_bpe_file(), "rt", encoding="utf-8") as fh:
-        merges = fh.read().split("\n")[1 : 49152 - 256 - 2 + 1]
     entries = dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    for merge in merges:
-        token = "".join(merge.split())
-        word = token[:-4]
-        if token.endswith("</w>") and word.isascii() and word.isalnum() and word == word.lower():
+    for _, word in clip_whole_words():
+        if word == word.lower():
             entries.setdefault(word)
             if len(entries) == words + 5:
                 break
